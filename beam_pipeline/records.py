@@ -1,0 +1,248 @@
+"""Records that flow between stages.
+
+Every record is a frozen dataclass. Downstream records extend upstream ones, so each record
+carries all upstream fields (method.md §2) and a JSON line is self-contained. Ids are stable
+content hashes: the same input gives the same ids on any runner and worker count.
+
+Chain: SourceFile -> Seed -> Concepts -> Instruction -> Sample -> Execution -> FinalPair.
+Side records: Rejection (expected outcome, counted reason) and DeadLetter (unexpected error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T", bound="Record")
+
+
+def stable_hash(*parts: str, length: int = 16) -> str:
+    """Hex digest of the parts, joined unambiguously; stable across processes and runs."""
+    h = hashlib.sha1()
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(str(len(data)).encode())
+        h.update(b":")
+        h.update(data)
+    return h.hexdigest()[:length]
+
+
+def sha1_hex(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Record:
+    """Base: JSON round trip, kind tag, derivation of a downstream record."""
+
+    KIND: ClassVar[str] = "record"
+
+    id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in data.items():
+            field = names.get(key)
+            if field is None:
+                continue  # fields of a downstream record are dropped, not an error
+            if isinstance(value, list) and "tuple" in str(field.type):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls: type[T], line: str) -> T:
+        return cls.from_dict(json.loads(line))
+
+    def derive(self, cls: type[T], **fields: Any) -> T:
+        """Builds a downstream record carrying every field of this one."""
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        base.update(fields)
+        return cls(**base)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SourceFile(Record):
+    """One Python file read from The Stack (or a directory of .py files)."""
+
+    KIND: ClassVar[str] = "source_file"
+
+    content: str
+    path: str = ""
+    repo_name: str = ""
+    stars: int | None = None
+    licenses: tuple[str, ...] = ()
+    sha1: str = ""  # The Stack's hexsha when present, else sha1 of the content
+    source: str = ""  # shard path and row, for error messages
+
+    @staticmethod
+    def make_id(sha1: str, path: str, repo_name: str) -> str:
+        return "f" + stable_hash(sha1, repo_name, path)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Seed(Record):
+    """A seed function: top-level, docstring, returns a value."""
+
+    KIND: ClassVar[str] = "seed"
+
+    seed: str
+    sha1: str = ""
+    path: str = ""
+    repo_name: str = ""
+    stars: int | None = None
+    licenses: tuple[str, ...] = ()
+    parser: str = "ast"  # which parser extracted it: "ast" or "tree_sitter"
+
+    @staticmethod
+    def make_id(seed_text: str) -> str:
+        return "s" + stable_hash(seed_text)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Concepts(Seed):
+    """S->C: the concepts the seed shows."""
+
+    KIND: ClassVar[str] = "concepts"
+
+    concepts: str
+    concepts_prompt: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Instruction(Concepts):
+    """C->I: a coding instruction built from the concepts."""
+
+    KIND: ClassVar[str] = "instruction"
+
+    category: str
+    difficulty: str
+    instruction: str
+    instruction_prompt: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sample(Instruction):
+    """I->R: one sampled response with its own tests. `id` is the instruction id + index."""
+
+    KIND: ClassVar[str] = "sample"
+
+    instruction_id: str
+    sample_index: int
+    response: str
+    tests: str
+    raw_response: str = ""
+    response_prompt: str = ""
+    model: str = ""
+    sampling: str = ""  # JSON of the sampling parameters used
+
+    @staticmethod
+    def make_id(instruction_id: str, index: int) -> str:
+        return f"{instruction_id}.{index}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Execution(Sample):
+    """A sample after its code plus tests ran in the sandbox."""
+
+    KIND: ClassVar[str] = "execution"
+
+    program_sha: str
+    status: str  # passed | failed | timeout | memory | crashed
+    exit_code: int | None = None
+    signal: int | None = None
+    duration_s: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    backend: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinalPair(Record):
+    """One row of the final dataset (method.md §4 fields plus provenance)."""
+
+    KIND: ClassVar[str] = "final"
+
+    seed: str
+    sha1: str
+    concepts: str
+    instruction: str
+    response: str
+    tests: str
+    prompt: str
+    category: str = ""
+    difficulty: str = ""
+    model: str = ""
+    sampling: str = ""
+    fingerprints: str = ""  # JSON: stage name -> config fingerprint
+    licenses: tuple[str, ...] = ()
+    repo_name: str = ""
+    path: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Rejection(Record):
+    """An expected outcome that removes a record: counted, written, never an exception."""
+
+    KIND: ClassVar[str] = "rejection"
+
+    stage: str
+    reason: str
+    detail: str = ""
+    record: str = ""  # JSON of the rejected input record (may be truncated for huge inputs)
+
+    @classmethod
+    def of(
+        cls, stage: str, reason: str, record: Record | str, detail: str = "", record_id: str = ""
+    ) -> Rejection:
+        if isinstance(record, Record):
+            return cls(
+                id=record.id, stage=stage, reason=reason, detail=detail, record=clip(record.to_json())
+            )
+        return cls(id=record_id, stage=stage, reason=reason, detail=detail, record=clip(record))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DeadLetter(Record):
+    """An unexpected error while processing a record: kept with its input for a rerun."""
+
+    KIND: ClassVar[str] = "dead_letter"
+
+    stage: str
+    error: str
+    traceback: str = ""
+    record: str = ""
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.KIND: cls
+    for cls in (SourceFile, Seed, Concepts, Instruction, Sample, Execution, FinalPair,
+                Rejection, DeadLetter)
+}
+
+MAX_RECORD_CHARS = 200_000
+
+
+def clip(text: str, limit: int = MAX_RECORD_CHARS) -> str:
+    """Keeps rejection payloads bounded (a 50 MB file must not become a 50 MB JSON line)."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"...[{len(text) - limit} chars clipped]"

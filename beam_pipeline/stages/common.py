@@ -1,0 +1,211 @@
+"""Glue shared by every stage: routed outputs, dead letters, accounting, JSONL IO.
+
+A stage DoFn subclasses `StageFn` and implements `handle(element)`, a generator that yields
+records (main output) and `Rejection`s (tagged `rejected`). An unexpected exception becomes a
+`DeadLetter` on the tagged `errors` output; the element's partial outputs are discarded, so
+every input leaves the stage exactly once: as output, as a counted rejection or as a dead letter.
+
+Accounting: `Accounting.count(...)` turns PCollections into (key, count) pairs; at the end of
+the graph they are summed and written to `OUT/_run/counts-*.json`, which `beam_pipeline.report`
+turns into `report.json` once the pipeline has finished. This works on every runner (it uses
+no runner metrics API).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from beam_pipeline.records import DeadLetter, Record, Rejection, clip
+
+METRICS_NAMESPACE = "selfcodealign"
+MAIN = "main"
+REJECTED = "rejected"
+ERRORS = "errors"
+
+
+class StageOutputs(NamedTuple):
+    main: beam.PCollection
+    rejected: beam.PCollection
+    errors: beam.PCollection
+
+
+def _describe(element: Any) -> tuple[str, str]:
+    """Id and JSON of an arbitrary element, for a dead letter."""
+    if isinstance(element, Record):
+        return element.id, clip(element.to_json())
+    element_id = str(getattr(element, "id", "")) if not isinstance(element, tuple) else ""
+    try:
+        return element_id, clip(json.dumps(element, default=repr, ensure_ascii=False))
+    except Exception:  # noqa: BLE001 - describing must never fail
+        return element_id, clip(repr(element))
+
+
+class StageFn(beam.DoFn):
+    """Routes `handle()`'s yields to main/rejected, exceptions to errors; counts each."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self._out = Metrics.counter(METRICS_NAMESPACE, f"{stage}_out")
+        self._rejected = Metrics.counter(METRICS_NAMESPACE, f"{stage}_rejected")
+        self._errors = Metrics.counter(METRICS_NAMESPACE, f"{stage}_errors")
+
+    def handle(self, element: Any) -> Iterable[Any]:
+        raise NotImplementedError(f"{type(self).__name__} must implement handle()")
+
+    def process(self, element: Any) -> Iterator[Any]:
+        try:
+            results = list(self.handle(element))
+        except Exception as exc:  # noqa: BLE001 - unexpected errors become dead letters
+            self._errors.inc()
+            element_id, payload = _describe(element)
+            yield beam.pvalue.TaggedOutput(
+                ERRORS,
+                DeadLetter(
+                    id=element_id,
+                    stage=self.stage,
+                    error=f"{type(exc).__name__}: {exc}"[:2000],
+                    traceback=clip(traceback.format_exc(), 20_000),
+                    record=payload,
+                ),
+            )
+            return
+        for result in results:
+            if isinstance(result, Rejection):
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput(REJECTED, result)
+            elif isinstance(result, DeadLetter):
+                self._errors.inc()
+                yield beam.pvalue.TaggedOutput(ERRORS, result)
+            else:
+                self._out.inc()
+                yield result
+
+
+def apply_stage_fn(pcoll: beam.PCollection, label: str, fn: StageFn) -> StageOutputs:
+    results = pcoll | label >> beam.ParDo(fn).with_outputs(REJECTED, ERRORS, main=MAIN)
+    return StageOutputs(results[MAIN], results[REJECTED], results[ERRORS])
+
+
+def merge_outputs(label: str, *outputs: StageOutputs) -> StageOutputs:
+    """Flattens the rejected and errors outputs of several steps; main is the last one's."""
+    rejected = [o.rejected for o in outputs]
+    errors = [o.errors for o in outputs]
+    return StageOutputs(
+        outputs[-1].main,
+        rejected[0] if len(rejected) == 1 else rejected | f"{label}Rejected" >> beam.Flatten(),
+        errors[0] if len(errors) == 1 else errors | f"{label}Errors" >> beam.Flatten(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting
+
+
+def _key_count(key: str) -> beam.PTransform:
+    return beam.combiners.Count.Globally() | beam.Map(lambda n, k=key: (k, n))
+
+
+class Accounting:
+    """Collects (key, count) PCollections; `write()` sums them into one JSON file."""
+
+    def __init__(self) -> None:
+        self._parts: list[beam.PCollection] = []
+
+    def count(self, pcoll: beam.PCollection, stage: str, what: str) -> None:
+        """Counts elements as `stage/what` (an explicit 0 for an empty PCollection)."""
+        label = f"Count_{stage}_{what}"
+        self._parts.append(pcoll | label >> _key_count(f"{stage}/{what}"))
+
+    def count_rejections(self, pcoll: beam.PCollection, stage: str) -> None:
+        """Counts `stage/rejected` and `stage/rejected/<reason>`."""
+        self.count(pcoll, stage, "rejected")
+        self._parts.append(
+            pcoll
+            | f"Count_{stage}_reasons" >> beam.Map(lambda r, s=stage: (f"{s}/rejected/{r.reason}", 1))
+        )
+
+    def count_stage(self, stage: str, inputs: beam.PCollection, outputs: StageOutputs) -> None:
+        self.count(inputs, stage, "in")
+        self.count(outputs.main, stage, "out")
+        self.count_rejections(outputs.rejected, stage)
+        self.count(outputs.errors, stage, "errors")
+
+    def write(self, pipeline: beam.Pipeline, path_prefix: str) -> None:
+        if not self._parts:
+            return
+        (
+            self._parts
+            | "FlattenCounts" >> beam.Flatten()
+            | "SumCounts" >> beam.CombinePerKey(sum)
+            | "CountsToJson" >> beam.Map(lambda kv: json.dumps({"key": kv[0], "count": kv[1]}))
+            | "WriteCounts"
+            >> beam.io.WriteToText(path_prefix, file_name_suffix=".jsonl", num_shards=1)
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL IO
+
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+
+
+class WriteJsonl(beam.PTransform):
+    """Writes records as `DIR/part-00000-of-000NN.jsonl`; num_shards=0 lets the runner choose."""
+
+    def __init__(self, directory: str, num_shards: int = 0) -> None:
+        super().__init__()
+        self.directory = directory.rstrip("/")
+        self.num_shards = num_shards
+
+    def expand(self, pcoll: beam.PCollection) -> beam.pvalue.PDone:
+        return (
+            pcoll
+            | "ToJson" >> beam.Map(lambda r: r.to_json() if isinstance(r, Record) else json.dumps(r))
+            | "Write"
+            >> beam.io.WriteToText(
+                f"{self.directory}/part",
+                file_name_suffix=".jsonl",
+                num_shards=self.num_shards,
+                shard_name_template=SHARD_TEMPLATE,
+            )
+        )
+
+
+class ReadJsonl(beam.PTransform):
+    """Reads `DIR/part-*.jsonl` back into records of `record_type`."""
+
+    def __init__(self, directory: str, record_type: type[Record]) -> None:
+        super().__init__()
+        self.directory = directory.rstrip("/")
+        self.record_type = record_type
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "Read" >> beam.io.ReadFromText(f"{self.directory}/part-*.jsonl")
+            | "Parse" >> beam.Map(self.record_type.from_json)
+        )
+
+
+class WriteStageOutputs(beam.PTransform):
+    """Writes a stage's main output, its rejections and its dead letters under `out_dir`."""
+
+    def __init__(self, out_dir: str, stage: str, num_shards: int = 0, write_main: bool = True):
+        super().__init__()
+        self.out_dir = out_dir.rstrip("/")
+        self.stage = stage
+        self.num_shards = num_shards
+        self.write_main = write_main
+
+    def expand(self, outputs: tuple) -> None:  # type: ignore[override]
+        main, rejected, errors = outputs  # Beam may hand the NamedTuple over as a plain tuple
+        if self.write_main:
+            main | "WriteMain" >> WriteJsonl(f"{self.out_dir}/{self.stage}", self.num_shards)
+        rejected | "WriteRejected" >> WriteJsonl(f"{self.out_dir}/rejected/{self.stage}", 1)
+        errors | "WriteErrors" >> WriteJsonl(f"{self.out_dir}/errors/{self.stage}", 1)
