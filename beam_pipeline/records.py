@@ -49,7 +49,13 @@ class Record:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=False)
+        data = self.to_dict()
+        text = json.dumps(data, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable input bytes kept as surrogate escapes
+            text = json.dumps(data, ensure_ascii=True)
+        return text
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -86,8 +92,10 @@ class SourceFile(Record):
     repo_name: str = ""
     stars: int | None = None
     licenses: tuple[str, ...] = ()
-    sha1: str = ""  # The Stack's hexsha when present, else sha1 of the content
+    sha1: str = ""  # The Stack's hexsha when present, else the git blob id of the content
     source: str = ""  # shard path and row, for error messages
+    size_bytes: int = 0
+    valid_utf8: bool = True
 
     @staticmethod
     def make_id(sha1: str, path: str, repo_name: str) -> str:

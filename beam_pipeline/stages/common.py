@@ -119,7 +119,7 @@ class Accounting:
 
     def count(self, pcoll: beam.PCollection, stage: str, what: str) -> None:
         """Counts elements as `stage/what` (an explicit 0 for an empty PCollection)."""
-        label = f"Count_{stage}_{what}"
+        label = f"Count_{stage}_{what}".replace(".", "_")
         self._parts.append(pcoll | label >> _key_count(f"{stage}/{what}"))
 
     def count_rejections(self, pcoll: beam.PCollection, stage: str) -> None:
@@ -127,7 +127,7 @@ class Accounting:
         self.count(pcoll, stage, "rejected")
         self._parts.append(
             pcoll
-            | f"Count_{stage}_reasons" >> beam.Map(lambda r, s=stage: (f"{s}/rejected/{r.reason}", 1))
+            | f"Count_{stage}_reasons".replace(".", "_") >> beam.Map(lambda r, s=stage: (f"{s}/rejected/{r.reason}", 1))
         )
 
     def count_stage(self, stage: str, inputs: beam.PCollection, outputs: StageOutputs) -> None:

@@ -1,0 +1,122 @@
+"""ExtractSeeds: SourceFile -> Seed (method.md §1).
+
+Steps and their report keys:
+- `extract`: one file in, one parsed file (its candidate functions) or one rejection out.
+  Reasons: empty, not_utf8, binary, too_large, syntax_error, too_deep.
+- `filter`: one candidate function in, a Seed or a rejection out. Reasons: not_python3,
+  no_return_value, too_long, no_parameters, banned_keyword, banned_import.
+- `exact_dedup`: identical function text kept once (the copy from the smallest file id);
+  the others are rejected as `duplicate` with the kept seed's source in `detail`.
+All rejections go to `rejected/seeds/`, dead letters to `errors/seeds/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+import apache_beam as beam
+
+from beam_pipeline.config import SeedConfig
+from beam_pipeline.core import seeds as core
+from beam_pipeline.records import Rejection, Seed, SourceFile
+from beam_pipeline.stages.common import (
+    Accounting,
+    StageFn,
+    StageOutputs,
+    apply_stage_fn,
+    merge_outputs,
+)
+
+STAGE = "seeds"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedFile:
+    """A file's candidate seeds (not yet filtered)."""
+
+    file_id: str
+    candidates: tuple[Seed, ...]
+
+
+class ExtractFunctionsFn(StageFn):
+    def __init__(self, config: SeedConfig) -> None:
+        super().__init__(STAGE)
+        self.config = config
+
+    def handle(self, source: SourceFile) -> Iterator[ParsedFile | Rejection]:
+        problem = core.check_file(
+            source.content, source.valid_utf8, source.size_bytes, self.config.max_file_bytes
+        )
+        if problem is not None:
+            yield Rejection.of(STAGE, problem[0].value, source, problem[1])
+            return
+        extraction = core.extract_functions(source.content, self.config.parser)
+        if extraction.reason is not None:
+            yield Rejection.of(STAGE, extraction.reason.value, source, extraction.detail)
+            return
+        candidates = tuple(
+            Seed(
+                id=Seed.make_id(fn.text),
+                seed=fn.text,
+                sha1=source.sha1,
+                path=source.path,
+                repo_name=source.repo_name,
+                stars=source.stars,
+                licenses=source.licenses,
+                parser=fn.parser,
+            )
+            for fn in extraction.functions
+        )
+        yield ParsedFile(file_id=source.id, candidates=candidates)
+
+
+class FilterSeedFn(StageFn):
+    def handle(self, seed: Seed) -> Iterator[Seed | Rejection]:
+        problem = core.check_seed(seed.seed)
+        if problem is None:
+            yield seed
+        else:
+            yield Rejection.of(STAGE, problem[0].value, seed, problem[1])
+
+
+def _provenance(seed: Seed) -> tuple[str, str, str]:
+    return (seed.repo_name, seed.path, seed.sha1)
+
+
+class KeepFirstCopyFn(StageFn):
+    """(seed id, copies) -> the copy with the smallest provenance; the rest are duplicates."""
+
+    def handle(self, keyed: tuple[str, Iterable[Seed]]) -> Iterator[Seed | Rejection]:
+        _, copies = keyed
+        ordered = sorted(copies, key=_provenance)
+        kept = ordered[0]
+        yield kept
+        where = "/".join(p for p in _provenance(kept) if p)
+        for dup in ordered[1:]:
+            yield Rejection.of(STAGE, core.SeedReason.DUPLICATE.value, dup, f"same text as {where}")
+
+
+class ExtractSeeds(beam.PTransform):
+    def __init__(self, config: SeedConfig, accounting: Accounting | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.accounting = accounting
+
+    def expand(self, files: beam.PCollection) -> StageOutputs:
+        parsed = apply_stage_fn(files, "ExtractFunctions", ExtractFunctionsFn(self.config))
+        candidates = parsed.main | "Candidates" >> beam.FlatMap(lambda p: p.candidates)
+        filtered = apply_stage_fn(candidates, "FilterSeeds", FilterSeedFn(STAGE))
+        grouped = (
+            filtered.main
+            | "KeyByText" >> beam.Map(lambda s: (s.id, s))
+            | "GroupCopies" >> beam.GroupByKey()
+        )
+        deduped = apply_stage_fn(grouped, "ExactDedup", KeepFirstCopyFn(STAGE))
+        if self.accounting is not None:
+            acct = self.accounting
+            acct.count_stage("seeds.extract", files, parsed)
+            acct.count(candidates, "seeds.extract", "functions")
+            acct.count_stage("seeds.filter", candidates, filtered)
+            acct.count_stage("seeds.exact_dedup", filtered.main, deduped)
+        return merge_outputs("Seeds", parsed, filtered, deduped)
