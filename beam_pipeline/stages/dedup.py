@@ -1,0 +1,468 @@
+"""NearDedup and ExactDedup: any record with an `id` -> the same records, duplicates rejected.
+
+NearDedup (method.md §1 seeds at 0.5, §4 final pairs at 0.7): MinHash LSH on word 5-gram
+shingles, clusters as connected components of band collisions, the member with the smallest
+id kept. Given several texts (field names or picklable functions), it runs one pass per text in
+sequence, each pass on the previous pass's survivors. Per pass:
+
+1. `Shingle`: each record's text -> its shingle hashes. A text with fewer than `ngram` tokens is
+   not deduplicated: the record passes through untouched and is counted as
+   `too_short_for_dedup`. A record whose text cannot be read becomes a dead letter.
+2. `Sign` (in batches, vectorised) -> one (band key, id) per band; `GroupBands` groups them.
+3. `BucketEdges`: each bucket of two or more ids -> an edge from each member to the bucket's
+   smallest id (a star: size - 1 edges, not all pairs).
+4. `Components`: connected components without gathering the graph anywhere: alternating
+   large-star and small-star rounds (Kiveris et al., "Connected Components in MapReduce and
+   Beyond", 2014), each a GroupByKey. Every round counts the nodes that are not yet settled
+   (a node with a smaller neighbour that also has a larger one or a second smaller one); once a
+   round counts none, the graph is a set of stars around each component's smallest id and
+   later rounds pass the edges through without grouping. Rounds are unrolled up to
+   `max_rounds` (a path of n nodes with random ids needs about 2.4 rounds per factor of ten).
+   If the graph is still unsettled after them, every node with a smaller neighbour is still a
+   true duplicate (rounds preserve connectivity), but some duplicates may be kept: this is
+   counted as `components_unconverged` and logged, never silent.
+5. `Decide`: records joined with their component's smallest id (CoGroupByKey by id): the
+   smallest id is kept, every other member becomes Rejection(reason="near_duplicate",
+   detail=<kept id>). Records that share one id are one node: one copy is kept (the smallest
+   JSON), the others are rejected with the same id as detail.
+
+Every step is a function of grouped sets and minima, so the kept set is the same on any runner,
+worker count and bundle split.
+
+ExactDedup: whitespace-normalised text (runs of whitespace -> one space, ends stripped); per
+distinct text the record with the smallest id is kept, the others become
+Rejection(reason="exact_duplicate", detail=<kept id>).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from beam_pipeline.core.lsh import band_keys, optimal_params
+from beam_pipeline.core.minhash import SCHEMES, MinHasher
+from beam_pipeline.records import Record, Rejection
+from beam_pipeline.stages.common import (
+    ERRORS,
+    MAIN,
+    METRICS_NAMESPACE,
+    REJECTED,
+    Accounting,
+    StageFn,
+    StageOutputs,
+    merge_outputs,
+)
+
+LOG = logging.getLogger(__name__)
+
+TextGetter = str | Callable[[Any], str | None]
+
+NEAR_DUPLICATE = "near_duplicate"
+EXACT_DUPLICATE = "exact_duplicate"
+TOO_SHORT = "too_short_for_dedup"
+UNCONVERGED = "components_unconverged"
+
+_SHORT = "short"
+_UNSETTLED = "unsettled"
+_SETTLED = "settled"
+_WHITESPACE_RE = re.compile(r"\s+")
+
+
+def text_of(record: Any, getter: TextGetter) -> str:
+    """The text a getter names: an attribute (field name) or a function's result; None -> ""."""
+    value = getter(record) if callable(getter) else getattr(record, getter)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"dedup text {getter_name(getter)!r} is {type(value).__name__}, not str")
+    return value
+
+
+def getter_name(getter: TextGetter) -> str:
+    return getter if isinstance(getter, str) else getattr(getter, "__name__", "text")
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name))
+
+
+# ---------------------------------------------------------------------------------------------
+# NearDedup steps
+
+
+class ShingleFn(StageFn):
+    """record -> (id, record, shingle hashes), or the record on `short` when too short."""
+
+    def __init__(self, stage: str, getter: TextGetter, hasher: MinHasher) -> None:
+        super().__init__(stage)
+        self.getter = getter
+        self.hasher = hasher
+        self._short = Metrics.counter(METRICS_NAMESPACE, f"{stage}_{TOO_SHORT}")
+
+    def handle(self, record: Record) -> Iterator[Any]:
+        hashes = self.hasher.hashes(text_of(record, self.getter))
+        if hashes is None:
+            self._short.inc()
+            yield beam.pvalue.TaggedOutput(_SHORT, record)
+            return
+        yield record.id, record, hashes
+
+
+class SignFn(beam.DoFn):
+    """A batch of (id, shingle hashes) -> (band key, id) for every band of every document."""
+
+    def __init__(self, hasher: MinHasher, bands: int, rows: int) -> None:
+        self.hasher = hasher
+        self.bands = bands
+        self.rows = rows
+
+    def process(self, batch: Sequence[tuple[str, np.ndarray]]) -> Iterator[tuple[bytes, str]]:
+        signatures = self.hasher.signatures_from_hashes([h for _, h in batch])
+        for (doc_id, _), keys in zip(
+            batch, band_keys(signatures, self.bands, self.rows), strict=True
+        ):
+            for key in keys:
+                yield key, doc_id
+
+
+def bucket_edges(bucket: tuple[bytes, Iterable[str]]) -> Iterator[tuple[str, str]]:
+    """A band bucket -> (member, smallest member) for every other member."""
+    members = sorted(set(bucket[1]))
+    for member in members[1:]:
+        yield member, members[0]
+
+
+def _both_directions(edge: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    yield edge
+    yield edge[1], edge[0]
+
+
+class LargeStarFn(beam.DoFn):
+    """(u, neighbours) -> (v, min of u's closed neighbourhood) for each neighbour v > u.
+
+    Also counts, per bundle, the nodes of the *input* graph that are not settled.
+    """
+
+    def start_bundle(self) -> None:
+        self._unsettled = 0
+
+    def process(self, element: tuple[str, Iterable[str]]) -> Iterator[tuple[str, str]]:
+        node, neighbours = element
+        distinct = set(neighbours)
+        distinct.discard(node)
+        if not distinct:
+            return
+        smallest = min(distinct)
+        larger = [v for v in distinct if v > node]
+        if smallest < node and (larger or sum(1 for v in distinct if v < node) > 1):
+            self._unsettled += 1
+        anchor = min(smallest, node)
+        for v in larger:
+            yield v, anchor
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._unsettled:
+            yield beam.pvalue.TaggedOutput(
+                _UNSETTLED, GlobalWindows.windowed_value(self._unsettled)
+            )
+
+
+def small_star(element: tuple[str, Iterable[str]]) -> Iterator[tuple[str, str]]:
+    """(u, its smaller neighbours) -> u and each of them linked to the smallest one."""
+    node, smaller = element
+    distinct = set(smaller)
+    distinct.discard(node)
+    if not distinct:
+        return
+    anchor = min(distinct)
+    yield node, anchor
+    for v in distinct:
+        if v != anchor:
+            yield v, anchor
+
+
+class RouteFn(beam.DoFn):
+    """Edges -> main while the previous round found unsettled nodes, else `settled`."""
+
+    def process(self, edge: tuple[str, str], unsettled: Iterable[int]) -> Iterator[Any]:
+        if any(unsettled):
+            yield edge
+        else:
+            yield beam.pvalue.TaggedOutput(_SETTLED, edge)
+
+
+class _StarRound(beam.PTransform):
+    """One large-star + small-star round -> (edges, per-bundle unsettled counts of its input)."""
+
+    def expand(self, edges: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        large = (
+            edges
+            | "BothWays" >> beam.FlatMap(_both_directions)
+            | "GroupNeighbours" >> beam.GroupByKey()
+            | "LargeStar" >> beam.ParDo(LargeStarFn()).with_outputs(_UNSETTLED, main=MAIN)
+        )
+        small = (
+            large[MAIN]
+            | "GroupSmaller" >> beam.GroupByKey()
+            | "SmallStar" >> beam.FlatMap(small_star)
+        )
+        return small, large[_UNSETTLED]
+
+
+class _ConnectedComponents(beam.PTransform):
+    """(node, smaller node) edges -> (node, smaller node) edges of stars around each minimum."""
+
+    def __init__(self, stage: str, max_rounds: int) -> None:
+        super().__init__()
+        self.stage = stage
+        self.max_rounds = max_rounds
+
+    def expand(self, edges: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        settled: list[beam.PCollection] = []
+        for number in range(1, self.max_rounds + 1):
+            edges, unsettled = edges | f"Round{number}" >> _StarRound()
+            # A round whose input had no unsettled node changed nothing: from then on the
+            # edges skip the remaining rounds' groupings.
+            routed = edges | f"Route{number}" >> beam.ParDo(
+                RouteFn(), beam.pvalue.AsIter(unsettled)
+            ).with_outputs(_SETTLED, main=MAIN)
+            settled.append(routed[_SETTLED])
+            edges = routed[MAIN]
+        # Whatever is still routed to main after the last round was not confirmed settled: one
+        # more grouping checks it (it is empty after a converged run).
+        final_check = (
+            edges
+            | "CheckBothWays" >> beam.FlatMap(_both_directions)
+            | "CheckGroup" >> beam.GroupByKey()
+            | "Check" >> beam.ParDo(LargeStarFn()).with_outputs(_UNSETTLED, main=MAIN)
+        )
+        leftover = final_check[_UNSETTLED] | "CountLeftover" >> beam.CombineGlobally(sum)
+        _ = leftover | "ReportLeftover" >> beam.Map(
+            _report_unconverged, self.stage, self.max_rounds
+        )
+        return ([*settled, edges]) | "AllEdges" >> beam.Flatten(), leftover
+
+
+def _report_unconverged(count: int, stage: str, max_rounds: int) -> int:
+    if count:
+        Metrics.counter(METRICS_NAMESPACE, f"{stage}_{UNCONVERGED}").inc(count)
+        LOG.warning(
+            "%s: connected components did not settle in %d rounds (%d nodes unsettled); every "
+            "rejected record is a true duplicate but some duplicates were kept. Raise max_rounds.",
+            stage,
+            max_rounds,
+            count,
+        )
+    return count
+
+
+class DecideFn(StageFn):
+    """(id, {records, roots}) -> the record, or Rejection(near_duplicate, detail=kept id)."""
+
+    def handle(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        node, grouped = element
+        records = list(grouped["records"])
+        roots = set(grouped["roots"])
+        if not records:
+            return
+        if roots:
+            kept_id = min(roots)
+            for record in records:
+                yield Rejection.of(self.stage, NEAR_DUPLICATE, record, kept_id)
+            return
+        if len(records) > 1:
+            records.sort(key=lambda r: r.to_json())
+        yield records[0]
+        for record in records[1:]:
+            yield Rejection.of(self.stage, NEAR_DUPLICATE, record, node)
+
+
+class _NearDedupPass(beam.PTransform):
+    def __init__(
+        self,
+        stage: str,
+        getter: TextGetter,
+        hasher: MinHasher,
+        bands: int,
+        rows: int,
+        max_rounds: int,
+        batch_size: int,
+        accounting: Accounting | None,
+    ) -> None:
+        super().__init__()
+        self.stage = stage
+        self.getter = getter
+        self.hasher = hasher
+        self.bands = bands
+        self.rows = rows
+        self.max_rounds = max_rounds
+        self.batch_size = batch_size
+        self.accounting = accounting
+
+    def expand(self, records: beam.PCollection) -> StageOutputs:
+        shingled = records | "Shingle" >> beam.ParDo(
+            ShingleFn(self.stage, self.getter, self.hasher)
+        ).with_outputs(_SHORT, REJECTED, ERRORS, main=MAIN)
+        keyed = shingled[MAIN] | "KeyById" >> beam.Map(lambda t: (t[0], t[1]))
+        edges = (
+            shingled[MAIN]
+            | "Hashes" >> beam.Map(lambda t: (t[0], t[2]))
+            | "Batch"
+            >> beam.BatchElements(
+                min_batch_size=min(64, self.batch_size), max_batch_size=self.batch_size
+            )
+            | "Sign" >> beam.ParDo(SignFn(self.hasher, self.bands, self.rows))
+            | "GroupBands" >> beam.GroupByKey()
+            | "BucketEdges" >> beam.FlatMap(bucket_edges)
+        )
+        star_edges, leftover = edges | "Components" >> _ConnectedComponents(
+            self.stage, self.max_rounds
+        )
+        decided = {"records": keyed, "roots": star_edges} | "Join" >> beam.CoGroupByKey()
+        results = decided | "Decide" >> beam.ParDo(DecideFn(self.stage)).with_outputs(
+            REJECTED, ERRORS, main=MAIN
+        )
+        main = (results[MAIN], shingled[_SHORT]) | "WithShort" >> beam.Flatten()
+        rejected = (shingled[REJECTED], results[REJECTED]) | "Rejected" >> beam.Flatten()
+        errors = (shingled[ERRORS], results[ERRORS]) | "Errors" >> beam.Flatten()
+        outputs = StageOutputs(main, rejected, errors)
+        if self.accounting is not None:
+            self.accounting.count_stage(self.stage, records, outputs)
+            self.accounting.count(shingled[_SHORT], self.stage, TOO_SHORT)
+            self.accounting.count(
+                leftover | "Unconverged" >> beam.FlatMap(lambda n: itertools.repeat(None, n)),
+                self.stage,
+                UNCONVERGED,
+            )
+        return outputs
+
+
+class NearDedup(beam.PTransform):
+    """MinHash LSH near-dedup of records on one text, or on several texts in sequence.
+
+    `text`: a field name, a picklable function record -> str, or a sequence of them (one pass
+    each, in order). `threshold`: Jaccard similarity; bands and rows come from it as datasketch
+    derives them unless `bands_rows` is given. Accounting keys: `stage` (one text) or
+    `stage.<text name>` (several), each with in/out/rejected/errors and `too_short_for_dedup`.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        text: TextGetter | Sequence[TextGetter],
+        threshold: float = 0.7,
+        num_perm: int = 250,
+        *,
+        seed: int = 1,
+        ngram: int = 5,
+        scheme: str = "affine32",
+        bands_rows: tuple[int, int] | None = None,
+        max_rounds: int = 32,
+        batch_size: int = 1024,
+        accounting: Accounting | None = None,
+    ) -> None:
+        super().__init__()
+        getters = [text] if isinstance(text, str) or callable(text) else list(text)
+        if not getters:
+            raise ValueError("NearDedup needs at least one text field or function")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"dedup threshold must be in (0, 1), got {threshold}")
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown MinHash scheme {scheme!r}; expected one of {SCHEMES}")
+        if max_rounds < 1 or batch_size < 1:
+            raise ValueError("max_rounds and batch_size must be positive")
+        self.stage = stage
+        self.getters = getters
+        self.hasher = MinHasher(num_perm=num_perm, seed=seed, ngram=ngram, scheme=scheme)
+        self.bands, self.rows = bands_rows or optimal_params(threshold, num_perm)
+        if self.bands * self.rows > num_perm:
+            raise ValueError(
+                f"{self.bands} bands x {self.rows} rows exceed {num_perm} permutations"
+            )
+        self.max_rounds = max_rounds
+        self.batch_size = batch_size
+        self.accounting = accounting
+
+    def expand(self, records: beam.PCollection) -> StageOutputs:
+        passes = []
+        current = records
+        for index, getter in enumerate(self.getters, 1):
+            name = getter_name(getter)
+            stage = self.stage if len(self.getters) == 1 else f"{self.stage}.{name}"
+            outputs = current | f"Pass{index}{_camel(name)}" >> _NearDedupPass(
+                stage,
+                getter,
+                self.hasher,
+                self.bands,
+                self.rows,
+                self.max_rounds,
+                self.batch_size,
+                self.accounting,
+            )
+            passes.append(outputs)
+            current = outputs.main
+        return merge_outputs("NearDedup", *passes)
+
+
+# ---------------------------------------------------------------------------------------------
+# ExactDedup
+
+
+def normalize_whitespace(text: str) -> str:
+    return _WHITESPACE_RE.sub(" ", text).strip()
+
+
+class KeyByTextFn(StageFn):
+    def __init__(self, stage: str, getter: TextGetter) -> None:
+        super().__init__(stage)
+        self.getter = getter
+
+    def handle(self, record: Record) -> Iterator[tuple[bytes, Record]]:
+        text = normalize_whitespace(text_of(record, self.getter))
+        yield hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest(), record
+
+
+class KeepSmallestIdFn(StageFn):
+    def handle(self, element: tuple[bytes, Iterable[Record]]) -> Iterator[Any]:
+        copies = sorted(element[1], key=lambda r: (r.id, r.to_json()))
+        yield copies[0]
+        for record in copies[1:]:
+            yield Rejection.of(self.stage, EXACT_DUPLICATE, record, copies[0].id)
+
+
+class ExactDedup(beam.PTransform):
+    """Keeps one record per whitespace-normalised text (the smallest id)."""
+
+    def __init__(self, stage: str, text: TextGetter, accounting: Accounting | None = None) -> None:
+        super().__init__()
+        self.stage = stage
+        self.getter = text
+        self.accounting = accounting
+
+    def expand(self, records: beam.PCollection) -> StageOutputs:
+        keyed = records | "KeyByText" >> beam.ParDo(
+            KeyByTextFn(self.stage, self.getter)
+        ).with_outputs(REJECTED, ERRORS, main=MAIN)
+        kept = (
+            keyed[MAIN]
+            | "GroupCopies" >> beam.GroupByKey()
+            | "KeepSmallestId"
+            >> beam.ParDo(KeepSmallestIdFn(self.stage)).with_outputs(REJECTED, ERRORS, main=MAIN)
+        )
+        outputs = merge_outputs(
+            "ExactDedup",
+            StageOutputs(keyed[MAIN], keyed[REJECTED], keyed[ERRORS]),
+            StageOutputs(kept[MAIN], kept[REJECTED], kept[ERRORS]),
+        )
+        if self.accounting is not None:
+            self.accounting.count_stage(self.stage, records, outputs)
+        return outputs
