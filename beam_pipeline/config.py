@@ -48,7 +48,9 @@ class RunConfig:
             if value not in STAGES:
                 raise ConfigError(f"--{name} must be one of {STAGES}, got {value!r}")
         if STAGES.index(self.from_stage) > STAGES.index(self.to_stage):
-            raise ConfigError(f"--from_stage {self.from_stage} comes after --to_stage {self.to_stage}")
+            raise ConfigError(
+                f"--from_stage {self.from_stage} comes after --to_stage {self.to_stage}"
+            )
         if not self.output_dir:
             raise ConfigError("--output_dir is required")
         if self.from_stage == "seeds" and not self.inputs:

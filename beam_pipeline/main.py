@@ -74,8 +74,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             "wall_s": round(time.time() - started, 2),
         },
     )
-    summary = {k: {kk: vv for kk, vv in v.items() if kk != "rejected_by_reason"}
-               for k, v in report["stages"].items()}
+    summary = {
+        k: {kk: vv for kk, vv in v.items() if kk != "rejected_by_reason"}
+        for k, v in report["stages"].items()
+    }
     log.info("stages: %s", json.dumps(summary))
     if not report["invariant_ok"]:
         log.error("accounting invariant violated: %s", "; ".join(report["problems"]))

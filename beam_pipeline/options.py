@@ -17,7 +17,7 @@ def bundled_shard() -> str:
 
 class SelfCodeAlignOptions(PipelineOptions):
     @classmethod
-    def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 - Beam's argparse wrapper
+    def _add_argparse_args(cls, parser) -> None:
         group = parser.add_argument_group("SelfCodeAlign")
         group.add_argument(
             "--input",
@@ -26,16 +26,16 @@ class SelfCodeAlignOptions(PipelineOptions):
             help="Input: a parquet shard, glob or directory (local, gs://, hf://) or a directory "
             "of .py files. Repeat for several. Default: the bundled standard-library shard.",
         )
-        group.add_argument("--output_dir", default=None, help="Where every stage writes (required).")
+        group.add_argument(
+            "--output_dir", default=None, help="Where every stage writes (required)."
+        )
         group.add_argument(
             "--from_stage",
             choices=STAGES,
             default="seeds",
             help="First stage to run; earlier stages' outputs are read from --output_dir.",
         )
-        group.add_argument(
-            "--to_stage", choices=STAGES, default="final", help="Last stage to run."
-        )
+        group.add_argument("--to_stage", choices=STAGES, default="final", help="Last stage to run.")
         group.add_argument(
             "--num_shards",
             type=int,

@@ -223,7 +223,11 @@ class Rejection(Record):
     ) -> Rejection:
         if isinstance(record, Record):
             return cls(
-                id=record.id, stage=stage, reason=reason, detail=detail, record=clip(record.to_json())
+                id=record.id,
+                stage=stage,
+                reason=reason,
+                detail=detail,
+                record=clip(record.to_json()),
             )
         return cls(id=record_id, stage=stage, reason=reason, detail=detail, record=clip(record))
 
@@ -242,8 +246,17 @@ class DeadLetter(Record):
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.KIND: cls
-    for cls in (SourceFile, Seed, Concepts, Instruction, Sample, Execution, FinalPair,
-                Rejection, DeadLetter)
+    for cls in (
+        SourceFile,
+        Seed,
+        Concepts,
+        Instruction,
+        Sample,
+        Execution,
+        FinalPair,
+        Rejection,
+        DeadLetter,
+    )
 }
 
 MAX_RECORD_CHARS = 200_000

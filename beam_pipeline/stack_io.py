@@ -77,7 +77,9 @@ def tasks_for_file(path: str) -> list[ReadTask]:
         with fsspec.open(path, "rb") as handle:
             meta = pq.ParquetFile(handle).metadata
     except Exception as exc:
-        raise InputError(f"cannot read parquet footer of {path}: {type(exc).__name__}: {exc}") from exc
+        raise InputError(
+            f"cannot read parquet footer of {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     if CONTENT_COLUMN not in meta.schema.names:
         raise InputError(
             f"{path} has no '{CONTENT_COLUMN}' column (columns: {', '.join(meta.schema.names)})"

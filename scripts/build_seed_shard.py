@@ -31,9 +31,7 @@ def git_blob_sha1(data: bytes) -> str:
 
 def collect(stdlib: pathlib.Path) -> list[pathlib.Path]:
     files = [
-        f
-        for f in stdlib.rglob("*.py")
-        if not SKIP_PARTS.intersection(f.relative_to(stdlib).parts)
+        f for f in stdlib.rglob("*.py") if not SKIP_PARTS.intersection(f.relative_to(stdlib).parts)
     ]
     files += [stdlib / p for p in PY2_SAMPLES if (stdlib / p).exists()]
     return sorted(set(files), key=lambda f: f.relative_to(stdlib).as_posix())
@@ -42,11 +40,24 @@ def collect(stdlib: pathlib.Path) -> list[pathlib.Path]:
 def build(out: pathlib.Path) -> int:
     stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
     version = platform.python_version()
-    rows: dict[str, list] = {k: [] for k in (
-        "hexsha", "size", "ext", "lang", "max_stars_repo_path", "max_stars_repo_name",
-        "max_stars_repo_head_hexsha", "max_stars_repo_licenses", "max_stars_count", "content",
-        "avg_line_length", "max_line_length", "alphanum_fraction",
-    )}
+    rows: dict[str, list] = {
+        k: []
+        for k in (
+            "hexsha",
+            "size",
+            "ext",
+            "lang",
+            "max_stars_repo_path",
+            "max_stars_repo_name",
+            "max_stars_repo_head_hexsha",
+            "max_stars_repo_licenses",
+            "max_stars_count",
+            "content",
+            "avg_line_length",
+            "max_line_length",
+            "alphanum_fraction",
+        )
+    }
     for f in collect(stdlib):
         data = f.read_bytes()
         text = data.decode("utf-8", errors="replace")
@@ -64,18 +75,29 @@ def build(out: pathlib.Path) -> int:
         rows["avg_line_length"].append(sum(map(len, lines)) / len(lines))
         rows["max_line_length"].append(max(map(len, lines)))
         rows["alphanum_fraction"].append(sum(c.isalnum() for c in text) / max(len(text), 1))
-    schema = pa.schema([
-        ("hexsha", pa.string()), ("size", pa.int64()), ("ext", pa.string()), ("lang", pa.string()),
-        ("max_stars_repo_path", pa.string()), ("max_stars_repo_name", pa.string()),
-        ("max_stars_repo_head_hexsha", pa.string()),
-        ("max_stars_repo_licenses", pa.list_(pa.string())), ("max_stars_count", pa.int64()),
-        ("content", pa.string()), ("avg_line_length", pa.float64()),
-        ("max_line_length", pa.int64()), ("alphanum_fraction", pa.float64()),
-    ], metadata={"source": f"CPython {version} standard library", "license": "PSF-2.0"})
+    schema = pa.schema(
+        [
+            ("hexsha", pa.string()),
+            ("size", pa.int64()),
+            ("ext", pa.string()),
+            ("lang", pa.string()),
+            ("max_stars_repo_path", pa.string()),
+            ("max_stars_repo_name", pa.string()),
+            ("max_stars_repo_head_hexsha", pa.string()),
+            ("max_stars_repo_licenses", pa.list_(pa.string())),
+            ("max_stars_count", pa.int64()),
+            ("content", pa.string()),
+            ("avg_line_length", pa.float64()),
+            ("max_line_length", pa.int64()),
+            ("alphanum_fraction", pa.float64()),
+        ],
+        metadata={"source": f"CPython {version} standard library", "license": "PSF-2.0"},
+    )
     table = pa.table(rows, schema=schema)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out, row_group_size=ROWS_PER_GROUP, compression="zstd",
-                   write_statistics=False)
+    pq.write_table(
+        table, out, row_group_size=ROWS_PER_GROUP, compression="zstd", write_statistics=False
+    )
     return table.num_rows
 
 

@@ -12,6 +12,8 @@ TORCH_VERSION=2.13.0
 LOCAL_TORCH_WHEEL=$(ls /opt/wheels/torch-${TORCH_VERSION}+cpu-*.whl 2>/dev/null | head -n 1 || true)
 
 log() { printf '[setup] %s\n' "$*"; }
+# pip warns once per package about an unreadable local index location; that is noise.
+quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 # Debian packages: bubblewrap for the sandbox.
 if ! command -v bwrap >/dev/null; then
@@ -34,8 +36,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python"
 fi
 
 [ -x "$VENV/bin/python" ] || { log "creating $VENV with $($PY --version)"; "$PY" -m venv "$VENV"; }
-PIP="$VENV/bin/python -m pip"
-$PIP install -q --upgrade pip setuptools wheel
+PIP="quiet_pip $VENV/bin/python -m pip"
+$PIP install -q --upgrade pip wheel
 
 # torch CPU first: any other route pulls several GB of CUDA packages.
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then

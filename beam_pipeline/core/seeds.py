@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-from enum import Enum
+from enum import StrEnum
 
 BANNED_MODULES = frozenset(
     {"os", "sys", "subprocess", "argparse", "setuptools", "distutils", "matplotlib", "seaborn"}
@@ -23,7 +23,7 @@ DEFAULT_MAX_FILE_BYTES = 1 << 20  # The Stack v1 keeps files up to 1 MB
 _STRING_PREFIX = re.compile(r"^[rRuUbBfF]{0,2}")
 
 
-class FileReason(str, Enum):
+class FileReason(StrEnum):
     """Why a whole file yields no functions."""
 
     EMPTY = "empty"
@@ -34,7 +34,7 @@ class FileReason(str, Enum):
     TOO_DEEP = "too_deep"
 
 
-class SeedReason(str, Enum):
+class SeedReason(StrEnum):
     """Why an extracted function is not a seed."""
 
     NOT_PYTHON3 = "not_python3"
@@ -121,7 +121,7 @@ def _extract_with_ast(tree: ast.Module, text: str) -> list[ExtractedFunction]:
 _TS_PARSER = None
 
 
-def _tree_sitter_parser():  # noqa: ANN202 - optional dependency, typed loosely on purpose
+def _tree_sitter_parser():
     global _TS_PARSER
     if _TS_PARSER is None:
         try:
@@ -147,6 +147,8 @@ def _extract_with_tree_sitter(text: str) -> list[ExtractedFunction]:
     out: list[ExtractedFunction] = []
     for node in root.children:  # top level only; decorated_definition nodes are skipped
         if node.type != "function_definition" or node.start_point[1] != 0:
+            continue
+        if node.children and node.children[0].type == "async":  # as with ast: plain def only
             continue
         body = node.child_by_field_name("body")
         if body is None or not body.named_children:

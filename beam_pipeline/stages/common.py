@@ -42,7 +42,7 @@ def _describe(element: Any) -> tuple[str, str]:
     element_id = str(getattr(element, "id", "")) if not isinstance(element, tuple) else ""
     try:
         return element_id, clip(json.dumps(element, default=repr, ensure_ascii=False))
-    except Exception:  # noqa: BLE001 - describing must never fail
+    except Exception:
         return element_id, clip(repr(element))
 
 
@@ -61,7 +61,7 @@ class StageFn(beam.DoFn):
     def process(self, element: Any) -> Iterator[Any]:
         try:
             results = list(self.handle(element))
-        except Exception as exc:  # noqa: BLE001 - unexpected errors become dead letters
+        except Exception as exc:
             self._errors.inc()
             element_id, payload = _describe(element)
             yield beam.pvalue.TaggedOutput(
@@ -127,7 +127,8 @@ class Accounting:
         self.count(pcoll, stage, "rejected")
         self._parts.append(
             pcoll
-            | f"Count_{stage}_reasons".replace(".", "_") >> beam.Map(lambda r, s=stage: (f"{s}/rejected/{r.reason}", 1))
+            | f"Count_{stage}_reasons".replace(".", "_")
+            >> beam.Map(lambda r, s=stage: (f"{s}/rejected/{r.reason}", 1))
         )
 
     def count_stage(self, stage: str, inputs: beam.PCollection, outputs: StageOutputs) -> None:
@@ -166,7 +167,8 @@ class WriteJsonl(beam.PTransform):
     def expand(self, pcoll: beam.PCollection) -> beam.pvalue.PDone:
         return (
             pcoll
-            | "ToJson" >> beam.Map(lambda r: r.to_json() if isinstance(r, Record) else json.dumps(r))
+            | "ToJson"
+            >> beam.Map(lambda r: r.to_json() if isinstance(r, Record) else json.dumps(r))
             | "Write"
             >> beam.io.WriteToText(
                 f"{self.directory}/part",

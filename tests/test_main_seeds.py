@@ -1,0 +1,112 @@
+"""`python -m beam_pipeline ... --to_stage seeds` end to end on real files and runners."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from beam_pipeline.main import run
+from tests.conftest import FNAPI, MULTIPROCESS, REPO
+from tests.fixtures.bad_inputs import write_bad_shard
+from tests.helpers import read_jsonl_dir
+
+
+def _run(inputs: list[str], out: pathlib.Path, extra: list[str]) -> dict:
+    argv = [f"--input={i}" for i in inputs] + [f"--output_dir={out}", "--to_stage=seeds", *extra]
+    return run(argv)
+
+
+def test_bad_inputs_are_counted_never_lost(tmp_path: pathlib.Path) -> None:
+    paths = write_bad_shard(tmp_path / "in")
+    out = tmp_path / "out"
+    report = _run([str(p) for p in paths.values()], out, [*FNAPI, "--num_shards=2"])
+    assert report["invariant_ok"], report["problems"]
+    stages = report["stages"]
+    extract = stages["seeds.extract"]
+    assert extract["rejected_by_reason"] == {
+        "binary": 2,
+        "empty": 2,
+        "not_utf8": 1,
+        "too_deep": 1,
+        "too_large": 1,
+    }
+    assert extract["in"] == 12 == extract["out"] + extract["rejected"] + extract["errors"]
+    filt = stages["seeds.filter"]
+    assert filt["in"] == 3  # add, add (copy), half (from the Python 2 file)
+    assert stages["seeds.exact_dedup"]["rejected_by_reason"] == {"duplicate": 1}
+    # Both broken shards are dead letters that name their file; the good shard still ran.
+    errors = read_jsonl_dir(out / "errors" / "read")
+    assert stages["read"]["errors"] == len(errors) == 2
+    assert any("no_content.parquet has no 'content'" in e["error"] for e in errors)
+    assert any("corrupt.parquet" in e["error"] for e in errors)
+    seeds = read_jsonl_dir(out / "seeds")
+    # of two identical functions the copy with the smallest (repo, path, sha1) is kept
+    assert sorted(s["path"] for s in seeds) == ["copy.py", "py2.py"]
+    assert {s["path"]: s["parser"] for s in seeds}["py2.py"] == "tree_sitter"
+    assert len(list((out / "seeds").glob("part-*-of-00002.jsonl"))) == 2
+    rejected = read_jsonl_dir(out / "rejected" / "seeds")
+    assert len(rejected) == extract["rejected"] + filt["rejected"] + 1
+    assert all(r["stage"] == "seeds" and r["reason"] for r in rejected)
+    huge = next(r for r in rejected if r["reason"] == "too_large")
+    assert len(huge["record"]) < 300_000  # payload clipped, not 50 MB
+
+
+def test_bundled_shard_same_seed_ids_on_fnapi_and_two_processes(
+    tmp_path: pathlib.Path, bundled_shard: str
+) -> None:
+    a = _run([bundled_shard], tmp_path / "a", FNAPI)
+    b = _run([bundled_shard], tmp_path / "b", MULTIPROCESS)
+    for report in (a, b):
+        assert report["invariant_ok"], report["problems"]
+    ids_a = {s["id"] for s in read_jsonl_dir(tmp_path / "a" / "seeds")}
+    ids_b = {s["id"] for s in read_jsonl_dir(tmp_path / "b" / "seeds")}
+    assert len(ids_a) > 500
+    assert ids_a == ids_b
+    assert a["stages"]["seeds.filter"] == b["stages"]["seeds.filter"]
+
+
+def test_cli_help_documents_every_flag() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "beam_pipeline", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    for flag in (
+        "--input",
+        "--output_dir",
+        "--from_stage",
+        "--to_stage",
+        "--num_shards",
+        "--parser",
+        "--max_file_bytes",
+        "--max_seeds",
+        "--static_check",
+        "--runner",
+    ):
+        assert flag in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--to_stage=seeds"], "--output_dir is required"),
+        (["--output_dir=x", "--from_stage=final", "--to_stage=seeds"], "comes after"),
+    ],
+)
+def test_bad_options_exit_with_a_clear_message(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        run(argv)
+
+
+def test_report_json_on_disk_matches(tmp_path: pathlib.Path, bundled_shard: str) -> None:
+    report = _run([bundled_shard], tmp_path, FNAPI)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["stages"] == report["stages"]
+    assert on_disk["stages"]["read"]["out"] == on_disk["stages"]["seeds.extract"]["in"]
