@@ -1,0 +1,1 @@
+"""Evaluation of trained models: HumanEval and MBPP pass@1, greedy, executed in the sandbox."""

@@ -1,0 +1,120 @@
+"""Labels are -100 exactly on the prompt tokens, for several tokenizer families and edge cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sft.data import IGNORE_INDEX, Pair, RejectReason, encode_pairs, special_affixes
+from sft.template import build_prompt
+from sft.tiny import TOKENIZER_KINDS, build_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+INSTRUCTION = "Write a function `f`.\n  The second line is indented.  "
+
+EDGE_RESPONSES = {
+    "plain": "Here is the code:\n```python\ndef f(x):\n    return x\n```\nDone.",
+    "leading_space": " starts with a space",
+    "leading_newlines": "\n\nstarts after blank lines",
+    "leading_tab": "\tstarts with a tab",
+    "trailing_whitespace": "ends with spaces   \n\n",
+    "special_token_text": "literal <|endoftext|> </s> <s> <|begin|> <pad> in the text",
+    "unicode": "emoji 😀, CJK 中文, accent é, Arabic مرحبا",
+    "template_markers": "### Response\n### Instruction\nheaders inside a response",
+    "single_char": "x",
+    "crlf": "line one\r\nline two\r\n",
+    "digits_and_punctuation": "3.14159!!! ... ``` ===",
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizers() -> dict[str, Any]:
+    built = {kind: build_tokenizer(kind) for kind in TOKENIZER_KINDS}
+    smollm2 = REPO / "models" / "smollm2"
+    if (smollm2 / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        built["smollm2"] = AutoTokenizer.from_pretrained(smollm2)
+    return built
+
+
+def _kinds() -> list[str]:
+    return [*TOKENIZER_KINDS, "smollm2"]
+
+
+def _tokenizer(tokenizers: dict[str, Any], kind: str) -> Any:
+    if kind not in tokenizers:
+        pytest.skip("models/smollm2 has not been prepared in this checkout")
+    return tokenizers[kind]
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_RESPONSES))
+@pytest.mark.parametrize("kind", _kinds())
+def test_labels_mask_exactly_the_prompt(tokenizers: dict[str, Any], kind: str, case: str) -> None:
+    tokenizer = _tokenizer(tokenizers, kind)
+    response = EDGE_RESPONSES[case]
+    examples, rejected, stats = encode_pairs(tokenizer, [Pair("r1", INSTRUCTION, response)], 1280)
+    assert not rejected
+    (example,) = examples
+    prompt = build_prompt(INSTRUCTION)
+    n = example.prompt_length
+
+    # The masked ids are exactly what the tokenizer gives the prompt at inference time
+    # (leading special tokens included, an appended EOS excluded).
+    suffix = len(special_affixes(tokenizer).suffix)
+    inference_ids = tokenizer(prompt)["input_ids"]
+    assert example.input_ids[:n].tolist() == inference_ids[: len(inference_ids) - suffix]
+
+    labels = example.labels
+    assert (labels[:n] == IGNORE_INDEX).all()
+    assert (labels[n:] != IGNORE_INDEX).all()
+    assert np.array_equal(labels[n:], example.input_ids[n:])
+    assert not example.truncated
+
+    # One EOS, at the end: special-token text inside the response stays text.
+    eos = tokenizer.eos_token_id
+    assert example.input_ids[-1] == eos
+    assert (example.input_ids[n:-1] != eos).all()
+
+    # The unmasked tokens spell the response (left-stripped only where a boundary merge forced it).
+    expected = response.lstrip() if stats.boundary.get("lstripped") else response
+    decoded = tokenizer.decode(example.input_ids[:-1].tolist(), skip_special_tokens=True)
+    assert decoded == prompt + expected
+    if not stats.boundary.get("lstripped"):
+        assert stats.boundary == {"exact": 1}
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_long_responses_are_truncated_and_counted(tokenizers: dict[str, Any], kind: str) -> None:
+    tokenizer = tokenizers[kind]
+    pairs = [Pair("long", INSTRUCTION, "word " * 2000), Pair("short", INSTRUCTION, "ok")]
+    examples, rejected, stats = encode_pairs(tokenizer, pairs, max_length=256)
+    long, short = examples
+    assert len(long) == 256 and long.truncated
+    assert long.input_ids[-1] != tokenizer.eos_token_id
+    assert (long.labels[: long.prompt_length] == IGNORE_INDEX).all()
+    assert (long.labels[long.prompt_length :] != IGNORE_INDEX).all()
+    assert not short.truncated and short.input_ids[-1] == tokenizer.eos_token_id
+    assert stats.truncated == 1 and not rejected
+
+
+def test_prompt_longer_than_the_sequence_is_rejected_with_a_reason(
+    tokenizers: dict[str, Any],
+) -> None:
+    tokenizer = tokenizers["byte-bpe"]
+    pairs = [Pair("huge", "explain " * 500, "ok"), Pair("fine", "short", "ok")]
+    examples, rejected, stats = encode_pairs(tokenizer, pairs, max_length=128)
+    assert [e.record_id for e in examples] == ["fine"]
+    assert [r.reason for r in rejected] == [RejectReason.PROMPT_TOO_LONG]
+    assert rejected[0].record_id == "huge"
+    assert stats.rejected == {"prompt_too_long": 1}
+
+
+def test_a_tokenizer_without_eos_is_refused(tokenizers: dict[str, Any]) -> None:
+    tokenizer = build_tokenizer("byte-bpe")
+    tokenizer.eos_token = None
+    with pytest.raises(ValueError, match="EOS"):
+        encode_pairs(tokenizer, [Pair("a", "b", "c")], 64)
