@@ -143,7 +143,12 @@ def _entry_docstring(prompt: str, entry_point: str) -> str:
         return ""
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == entry_point:
-            return ast.get_docstring(node, clean=False) or ""
+            # The first string statement, not only a leading one: some prompts put an import
+            # before the docstring (HumanEval/115).
+            for statement in node.body:
+                value = statement.value if isinstance(statement, ast.Expr) else None
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    return value.value
     return ""
 
 
