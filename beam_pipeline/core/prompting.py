@@ -1,0 +1,374 @@
+"""Prompt building, completion parsing and per-item randomness for the generation stages.
+
+Pure logic (no Beam, no network): method.md §2 and the docstring judge of §1.
+
+Prompt shape (every stage): the system text, then k few-shot examples headed `## Example {i}`,
+then `## Example {k+1}` with the new item's prefix; parts joined by blank lines; the whole
+prompt right-stripped.
+
+Randomness: every choice for an item (few-shot examples, category, difficulty, sampler seed)
+comes from a generator seeded by the stage name and the record id only, never from bundle,
+worker or run identity, so the same input gives the same prompts on any runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import random
+import re
+import tomllib
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+
+CATEGORIES: tuple[tuple[str, float], ...] = (("function", 0.5), ("class", 0.25), ("program", 0.25))
+DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
+LANGUAGE = "Python"
+EXAMPLE_STOP = "## Example"
+TESTS_STOP = "</tests>"
+
+STAGE_CONCEPTS = "concepts"
+STAGE_INSTRUCTION = "instruction"
+STAGE_RESPONSE = "response"
+STAGE_JUDGE = "judge"
+
+
+class Reason(enum.StrEnum):
+    """Why a generation stage dropped an item or a sample."""
+
+    LENGTH_TRUNCATED = "length_truncated"  # the model hit max_tokens
+    EMPTY = "empty"  # nothing usable was generated
+    UNPARSEABLE = "unparseable"  # the completion does not have the expected shape
+    MISSING_TESTS = "missing_tests"  # a response without a <tests> section
+    MISSING_CHOICE = "missing_choice"  # the server returned fewer samples than asked
+    DOCSTRING_REJECTED = "docstring_rejected"  # the judge said no
+
+
+# --------------------------------------------------------------------------------------------
+# Package data
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShotExample:
+    id: str
+    category: str
+    difficulty: str
+    snippet: str
+    concepts: str
+    instruction: str
+    response: str
+    tests: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeExample:
+    code: str
+    answer: str
+
+
+def _load_toml(name: str) -> dict:
+    with resources.files("beam_pipeline.prompts").joinpath(name).open("rb") as f:
+        return tomllib.load(f)
+
+
+@cache
+def system_texts() -> dict[str, str]:
+    return {key: value.strip() for key, value in _load_toml("system.toml").items()}
+
+
+@cache
+def fewshot_pool() -> tuple[FewShotExample, ...]:
+    """The hand-written pool, in file order (the order is part of the determinism)."""
+    examples = []
+    for raw in _load_toml("fewshot.toml")["example"]:
+        examples.append(
+            FewShotExample(**{k: v.strip() if isinstance(v, str) else v for k, v in raw.items()})
+        )
+    return tuple(examples)
+
+
+@cache
+def judge_pool() -> tuple[JudgeExample, ...]:
+    return tuple(
+        JudgeExample(code=raw["code"].strip(), answer=raw["answer"].strip().lower())
+        for raw in _load_toml("judge.toml")["example"]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Per-item randomness
+
+
+def item_seed(stage: str, record_id: str) -> int:
+    """A 63-bit integer derived from the stage and the record id only."""
+    digest = hashlib.sha256(f"{stage}\x00{record_id}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def item_rng(stage: str, record_id: str) -> random.Random:
+    return random.Random(item_seed(stage, record_id))
+
+
+def sampler_seed(stage: str, record_id: str) -> int:
+    """The per-request sampling seed; 31 bits, which every server accepts."""
+    return item_seed(f"{stage}/sampler", record_id) & 0x7FFFFFFF
+
+
+def choose_category(rng: random.Random) -> str:
+    draw = rng.random()
+    total = 0.0
+    for name, weight in CATEGORIES:
+        total += weight
+        if draw < total:
+            return name
+    return CATEGORIES[-1][0]
+
+
+def choose_difficulty(rng: random.Random) -> str:
+    return DIFFICULTIES[rng.randrange(len(DIFFICULTIES))]
+
+
+def choose_examples(pool: Sequence, k: int, rng: random.Random) -> list:
+    """k distinct examples in a random order (all of them, shuffled, when k >= len(pool))."""
+    k = min(k, len(pool))
+    return [pool[i] for i in rng.sample(range(len(pool)), k)]
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt formats
+
+
+def build_prompt(system: str, examples: Sequence[str], prefix: str) -> str:
+    parts = [system.strip()]
+    parts += [f"## Example {i}\n{text.strip()}" for i, text in enumerate(examples, start=1)]
+    parts.append(f"## Example {len(examples) + 1}\n{prefix.strip()}")
+    return "\n\n".join(parts).rstrip()
+
+
+def concepts_block(snippet: str, concepts: str | None = None) -> str:
+    block = f"### Snippet\n{snippet.strip()}\n\n### Concepts"
+    return block if concepts is None else f"{block}\n{concepts.strip()}"
+
+
+def properties_text(category: str, difficulty: str, concepts: str) -> str:
+    return (
+        f"category: {category}\nlanguage: {LANGUAGE}\ndifficulty: {difficulty}\n"
+        f"concepts: {concepts.strip()}"
+    )
+
+
+def instruction_block(
+    category: str, difficulty: str, concepts: str, instruction: str | None = None
+) -> str:
+    block = f"### Properties\n{properties_text(category, difficulty, concepts)}\n\n### Task"
+    return block if instruction is None else f"{block}\n{instruction.strip()}"
+
+
+def response_block(instruction: str, response: str | None = None, tests: str | None = None) -> str:
+    block = f"<instruction>\n{instruction.strip()}\n</instruction>\n\n<response>"
+    if response is None:
+        return block
+    return f"{block}\n{response.strip()}\n</response>\n\n<tests>\n{(tests or '').strip()}\n</tests>"
+
+
+def judge_block(code: str, answer: str | None = None) -> str:
+    block = f"### Function\n{code.strip()}\n\n### Good docstring:"
+    return block if answer is None else f"{block} {answer}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptsPrompt:
+    prompt: str
+    example_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class InstructionPrompt:
+    prompt: str
+    category: str
+    difficulty: str
+    example_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponsePrompt:
+    prompt: str
+    example_ids: tuple[str, ...]
+
+
+def concepts_prompt(
+    record_id: str, snippet: str, k: int = 8, pool: Sequence[FewShotExample] | None = None
+) -> ConceptsPrompt:
+    """S->C: `### Snippet` + seed, `### Concepts`."""
+    rng = item_rng(STAGE_CONCEPTS, record_id)
+    chosen = choose_examples(pool or fewshot_pool(), k, rng)
+    prompt = build_prompt(
+        system_texts()["concepts"],
+        [concepts_block(ex.snippet, ex.concepts) for ex in chosen],
+        concepts_block(snippet),
+    )
+    return ConceptsPrompt(prompt, tuple(ex.id for ex in chosen))
+
+
+def instruction_prompt(
+    record_id: str, concepts: str, k: int = 8, pool: Sequence[FewShotExample] | None = None
+) -> InstructionPrompt:
+    """C->I: `### Properties` (category, language, difficulty, concepts), `### Task`."""
+    rng = item_rng(STAGE_INSTRUCTION, record_id)
+    category = choose_category(rng)
+    difficulty = choose_difficulty(rng)
+    chosen = choose_examples(pool or fewshot_pool(), k, rng)
+    prompt = build_prompt(
+        system_texts()["instruction"],
+        [
+            instruction_block(ex.category, ex.difficulty, ex.concepts, ex.instruction)
+            for ex in chosen
+        ],
+        instruction_block(category, difficulty, concepts),
+    )
+    return InstructionPrompt(prompt, category, difficulty, tuple(ex.id for ex in chosen))
+
+
+def response_prompt(
+    record_id: str, instruction: str, k: int = 1, pool: Sequence[FewShotExample] | None = None
+) -> ResponsePrompt:
+    """I->R: `<instruction>...</instruction>`, `<response>`."""
+    rng = item_rng(STAGE_RESPONSE, record_id)
+    chosen = choose_examples(pool or fewshot_pool(), k, rng)
+    prompt = build_prompt(
+        system_texts()["response"],
+        [response_block(ex.instruction, ex.response, ex.tests) for ex in chosen],
+        response_block(instruction),
+    )
+    return ResponsePrompt(prompt, tuple(ex.id for ex in chosen))
+
+
+def judge_prompt(
+    record_id: str, code: str, k: int = 7, pool: Sequence[JudgeExample] | None = None
+) -> str:
+    """Docstring judge: k shuffled yes/no demonstrations, then the seed."""
+    rng = item_rng(STAGE_JUDGE, record_id)
+    chosen = choose_examples(pool or judge_pool(), k, rng)
+    return build_prompt(
+        system_texts()["judge"],
+        [judge_block(ex.code, ex.answer) for ex in chosen],
+        judge_block(code),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """A parsed completion: `value` (a string or a pair), or a `reason` with a `detail`."""
+
+    value: object = None
+    reason: Reason | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def _reject(reason: Reason, detail: str) -> Parsed:
+    return Parsed(reason=reason, detail=detail)
+
+
+def _cut_at_next_example(text: str) -> str:
+    """The model may run on into the next example when a stop string was not honoured."""
+    index = text.find(EXAMPLE_STOP)
+    return text if index < 0 else text[:index]
+
+
+def _check_finish(finish_reason: str | None) -> Parsed | None:
+    if finish_reason == "length":
+        return _reject(Reason.LENGTH_TRUNCATED, "generation hit max_tokens")
+    return None
+
+
+_SECTION = re.compile(r"^\s*(###|<\w+>)", re.MULTILINE)
+
+
+def parse_concepts(text: str, finish_reason: str | None = "stop") -> Parsed:
+    """Comma-separated concepts from the first paragraph of the completion."""
+    if (rejected := _check_finish(finish_reason)) is not None:
+        return rejected
+    body = _cut_at_next_example(text)
+    match = _SECTION.search(body)
+    if match:
+        body = body[: match.start()]
+    paragraph = body.strip().split("\n\n", 1)[0]
+    items = [" ".join(part.split()) for part in paragraph.replace("\n", ",").split(",")]
+    items = [item.strip(" .;-*") for item in items]
+    items = [item for item in items if item]
+    if not items:
+        return _reject(Reason.EMPTY, "no concepts")
+    return Parsed(value=", ".join(items))
+
+
+def parse_instruction(text: str, finish_reason: str | None = "stop") -> Parsed:
+    """The task text up to the next example or section heading."""
+    if (rejected := _check_finish(finish_reason)) is not None:
+        return rejected
+    body = _cut_at_next_example(text)
+    match = re.search(r"^\s*###\s", body, re.MULTILINE)
+    if match:
+        body = body[: match.start()]
+    body = body.strip()
+    if not body:
+        return _reject(Reason.EMPTY, "no instruction")
+    return Parsed(value=body)
+
+
+def parse_response(text: str, finish_reason: str | None = "stop") -> Parsed:
+    """(response, tests) from `...</response>\\n\\n<tests>\\n...` (the `</tests>` stop is cut)."""
+    if (rejected := _check_finish(finish_reason)) is not None:
+        return rejected
+    body = _cut_at_next_example(text)
+    end = body.find("</response>")
+    if end < 0:
+        if not body.strip():
+            return _reject(Reason.EMPTY, "no response")
+        return _reject(Reason.UNPARSEABLE, "no </response> closing tag")
+    response = body[:end].strip()
+    rest = body[end + len("</response>") :]
+    if not response:
+        return _reject(Reason.EMPTY, "empty response")
+    start = rest.find("<tests>")
+    if start < 0:
+        return _reject(Reason.MISSING_TESTS, "no <tests> section")
+    tests = rest[start + len("<tests>") :]
+    close = tests.find(TESTS_STOP)
+    if close >= 0:
+        tests = tests[:close]
+    tests = tests.strip()
+    if not tests:
+        return _reject(Reason.MISSING_TESTS, "empty <tests> section")
+    return Parsed(value=(response, tests))
+
+
+def parse_judge(text: str) -> Parsed:
+    """True when "yes" outnumbers "no" in the answer (method.md §1)."""
+    words = re.findall(r"[a-z]+", text.lower())
+    yes, no = words.count("yes"), words.count("no")
+    return Parsed(value=yes > no, detail=f"yes={yes} no={no}")
+
+
+# --------------------------------------------------------------------------------------------
+# Code blocks (used to check the few-shot pool; the execution stage has its own rules)
+
+_FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def code_blocks(text: str) -> list[str]:
+    return [block.strip("\n") for block in _FENCE.findall(text)]
+
+
+def program_of(response: str, tests: str) -> str:
+    """Every fenced block of the response, then of the tests, joined by blank lines."""
+    return "\n\n".join(code_blocks(response) + code_blocks(tests)) + "\n"
