@@ -214,6 +214,14 @@ def imported_modules(tree: ast.AST) -> set[str]:
     return names
 
 
+def imports_in(text: str) -> set[str]:
+    """Top-level package names imported anywhere in `text` (empty if it does not parse)."""
+    try:
+        return imported_modules(ast.parse(text))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+
+
 def check_seed(text: str) -> tuple[SeedReason, str] | None:
     """Seed filter reason for one extracted function, or None if it is kept."""
     try:

@@ -7,6 +7,11 @@ Steps and their report keys:
   no_return_value, too_long, no_parameters, banned_keyword, banned_import.
 - `exact_dedup`: identical function text kept once (the copy from the smallest file id);
   the others are rejected as `duplicate` with the kept seed's source in `detail`.
+- `static_check` (optional, `--static_check`): autoimport + Pyright in batches; reasons
+  static_check_failed (detail: Pyright's first errors) and banned_import (an import autoimport
+  added). A seed the checker cannot judge even alone is a dead letter.
+- `sample` (optional, `--max_seeds N`): keeps the N seeds with the smallest ids (a uniform,
+  deterministic sample, since ids are hashes); the rest are rejected as over_max_seeds.
 All rejections go to `rejected/seeds/`, dead letters to `errors/seeds/`.
 """
 
@@ -19,8 +24,11 @@ import apache_beam as beam
 
 from beam_pipeline.config import SeedConfig
 from beam_pipeline.core import seeds as core
-from beam_pipeline.records import Rejection, Seed, SourceFile
+from beam_pipeline.records import DeadLetter, Rejection, Seed, SourceFile
 from beam_pipeline.stages.common import (
+    ERRORS,
+    MAIN,
+    REJECTED,
     Accounting,
     StageFn,
     StageOutputs,
@@ -97,6 +105,45 @@ class KeepFirstCopyFn(StageFn):
             yield Rejection.of(STAGE, core.SeedReason.DUPLICATE.value, dup, f"same text as {where}")
 
 
+class StaticCheckFn(StageFn):
+    """A batch of seeds -> Pyright-clean seeds with their imports added."""
+
+    def handle(self, batch: list[Seed]) -> Iterator[Seed | Rejection | DeadLetter]:
+        from beam_pipeline import static_check
+
+        verdicts = static_check.check_with_bisect([s.seed for s in batch])
+        for seed, verdict in zip(batch, verdicts, strict=True):
+            if isinstance(verdict, static_check.CheckerFailed):
+                yield DeadLetter(
+                    id=seed.id, stage=self.stage, error=str(verdict), record=seed.to_json()
+                )
+            elif not verdict.clean:
+                detail = "; ".join(verdict.errors[:3])[:500]
+                yield Rejection.of(STAGE, core.SeedReason.STATIC_CHECK_FAILED.value, seed, detail)
+            else:
+                banned = sorted(core.imports_in(verdict.text) & core.BANNED_MODULES)
+                if banned:
+                    yield Rejection.of(
+                        STAGE, core.SeedReason.BANNED_IMPORT.value, seed, ",".join(banned)
+                    )
+                else:
+                    yield dataclasses.replace(seed, seed=verdict.text)
+
+
+class SampleSeedsFn(StageFn):
+    """Keeps seeds whose id is at most the cutoff (the N-th smallest id)."""
+
+    def handle(self, item: tuple[Seed, str | None]) -> Iterator[Seed | Rejection]:
+        seed, cutoff = item
+        if cutoff is None or seed.id <= cutoff:
+            yield seed
+        else:
+            yield Rejection.of(STAGE, "over_max_seeds", seed, f"id > {cutoff}")
+
+    def process(self, element: Seed, cutoff: list[str]) -> Iterator[object]:  # type: ignore[override]
+        yield from super().process((element, cutoff[0] if cutoff else None))
+
+
 class ExtractSeeds(beam.PTransform):
     def __init__(self, config: SeedConfig, accounting: Accounting | None = None) -> None:
         super().__init__()
@@ -113,10 +160,35 @@ class ExtractSeeds(beam.PTransform):
             | "GroupCopies" >> beam.GroupByKey()
         )
         deduped = apply_stage_fn(grouped, "ExactDedup", KeepFirstCopyFn(STAGE))
-        if self.accounting is not None:
-            acct = self.accounting
+        steps = [parsed, filtered, deduped]
+        acct = self.accounting
+        if acct is not None:
             acct.count_stage("seeds.extract", files, parsed)
             acct.count(candidates, "seeds.extract", "functions")
             acct.count_stage("seeds.filter", candidates, filtered)
             acct.count_stage("seeds.exact_dedup", filtered.main, deduped)
-        return merge_outputs("Seeds", parsed, filtered, deduped)
+        if self.config.static_check:
+            size = self.config.static_check_batch
+            batches = deduped.main | "BatchForPyright" >> beam.BatchElements(
+                min_batch_size=size, max_batch_size=size
+            )
+            checked = apply_stage_fn(batches, "StaticCheck", StaticCheckFn(STAGE))
+            if acct is not None:
+                acct.count_stage("seeds.static_check", deduped.main, checked)
+            steps.append(checked)
+        if self.config.max_seeds:
+            current = steps[-1].main
+            cutoff = (
+                current
+                | "Ids" >> beam.Map(lambda s: s.id)
+                | "SmallestIds" >> beam.combiners.Top.Smallest(self.config.max_seeds)
+                | "Cutoff" >> beam.FlatMap(lambda top: top[-1:])
+            )
+            sampled = current | "SampleSeeds" >> beam.ParDo(
+                SampleSeedsFn(STAGE), cutoff=beam.pvalue.AsList(cutoff)
+            ).with_outputs(REJECTED, ERRORS, main=MAIN)
+            sample = StageOutputs(sampled[MAIN], sampled[REJECTED], sampled[ERRORS])
+            if acct is not None:
+                acct.count_stage("seeds.sample", current, sample)
+            steps.append(sample)
+        return merge_outputs("Seeds", *steps)
