@@ -74,6 +74,9 @@ class ServeConfig:
     log_path: str | None = None  # None: a temporary file, kept when start-up fails
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    # Replaces `python -m vllm.entrypoints.openai.api_server` (another server that takes the
+    # same flags, e.g. a stand-in for tests); the flags below are appended unchanged.
+    launcher: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "gpu"):
@@ -111,8 +114,9 @@ def resolve_device(config: ServeConfig) -> str:
 
 def server_command(config: ServeConfig, port: int, device: str) -> list[str]:
     """The vLLM command line for `config` (pure; tested without starting anything)."""
+    launcher = list(config.launcher) or [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        *launcher,
         "--model", config.model,
         "--host", config.host,
         "--port", str(port),

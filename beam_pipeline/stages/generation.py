@@ -1,0 +1,333 @@
+"""Glue shared by the model-calling stages: config, model access, the windowed call DoFn.
+
+`GenerationConfig` is the frozen configuration of ExtractConcepts, GenerateInstructions,
+GenerateResponses and JudgeSeeds. Two ways to reach the model:
+- `model_server_url`: an existing OpenAI-compatible server shared by all workers;
+- otherwise a managed vLLM server per worker process, started on first use (after preparing
+  `model`, e.g. `smollm2`) and stopped when the worker no longer needs it or exits.
+
+`ModelCallFn` turns one element into one request and routes the answer. Requests leave as
+soon as their element arrives and answers are emitted as soon as they come back, with up to
+`2 * max_in_flight` requests outstanding per DoFn instance, so the server's continuous batching
+stays full across batches instead of idling at the end of each batch. Every element leaves
+exactly once: as outputs (main or rejected) or as a DeadLetter (client error, exhausted
+retries, dead engine, unexpected exception). Finish-bundle drains everything still pending.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import traceback
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
+
+from beam_pipeline.records import DeadLetter, Record, Rejection, clip
+from beam_pipeline.stages.common import ERRORS, METRICS_NAMESPACE, REJECTED, StageFn
+from model_server.client import ClientConfig, CompletionResult, ModelClient, SamplingParams
+from model_server.serve import ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+class GenerationConfigError(ValueError):
+    """A generation option that cannot work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Options of the model-calling stages (flags in brackets)."""
+
+    model: str = "smollm2"  # [--model] served name (with a URL) or model to serve per worker
+    model_server_url: str | None = None  # [--model_server_url]
+    # Sampling (method.md §2)
+    temperature: float = 0.7  # [--temperature]
+    top_p: float = 1.0  # [--top_p]
+    max_new_tokens: int = 1536  # [--max_new_tokens]
+    num_samples: int = 10  # [--num_samples] I->R samples per instruction
+    concepts_k: int = 8  # [--concepts_k]
+    instruction_k: int = 8  # [--instruction_k]
+    response_k: int = 1  # [--response_k]
+    judge_k: int = 7  # [--judge_k]
+    request_seeds: bool = True  # [--no_request_seeds] send the per-item sampler seed
+    # Client
+    max_in_flight: int = 64  # [--max_in_flight] concurrent requests per worker process
+    batch_size: int = 16  # [--batch_size] elements per BatchElements batch
+    request_timeout_s: float = 900.0  # [--request_timeout_s]
+    max_retries: int = 6  # [--max_retries]
+    cache_dir: str | None = None  # [--cache_dir] response cache (any fsspec path)
+    health_interval_s: float = 10.0  # how often in-flight work checks for a dead engine
+    # Managed server (when no URL is given)
+    served_model_name: str | None = None  # [--served_model_name]
+    max_model_len: int = 4096  # [--max_model_len]
+    cpu_kvcache_gib: float = 2.0  # [--cpu_kvcache_gib]
+    tensor_parallel_size: int = 1  # [--tensor_parallel_size]
+    gpu_memory_utilization: float | None = None  # [--gpu_memory_utilization]
+    max_num_seqs: int | None = None  # [--max_num_seqs]
+    server_linger_s: float = 60.0  # keep an idle managed server this long for the next stage
+    # A command that replaces vLLM's api_server for the managed server (same flags).
+    server_launcher: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        positive = ("max_new_tokens", "num_samples", "max_in_flight", "batch_size", "max_model_len")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise GenerationConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("concepts_k", "instruction_k", "response_k", "judge_k", "max_retries"):
+            if getattr(self, name) < 0:
+                raise GenerationConfigError(f"--{name} must be >= 0")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise GenerationConfigError("--temperature must be in [0, 5]")
+        if not 0.0 < self.top_p <= 1.0:
+            raise GenerationConfigError("--top_p must be in (0, 1]")
+        if not self.model:
+            raise GenerationConfigError("--model is required")
+        if self.model_server_url is not None and not self.model_server_url.startswith(
+            ("http://", "https://")
+        ):
+            raise GenerationConfigError("--model_server_url must start with http:// or https://")
+
+    @property
+    def client_model_name(self) -> str:
+        return self.served_model_name or self.model
+
+    def client_config(self, base_url: str, model_name: str) -> ClientConfig:
+        return ClientConfig(
+            base_url=base_url,
+            model=model_name,
+            max_in_flight=self.max_in_flight,
+            timeout_s=self.request_timeout_s,
+            max_retries=self.max_retries,
+            cache_dir=self.cache_dir,
+            send_seed=self.request_seeds,
+            health_interval_s=self.health_interval_s,
+        )
+
+    def serve_config(self, model_path: str) -> ServeConfig:
+        return ServeConfig(
+            model=model_path,
+            served_model_name=self.client_model_name,
+            max_model_len=self.max_model_len,
+            cpu_kvcache_gib=self.cpu_kvcache_gib,
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_num_seqs=self.max_num_seqs,
+            launcher=self.server_launcher,
+        )
+
+
+class ModelAccess:
+    """Opens the shared client (and the managed server) for one DoFn instance."""
+
+    def __init__(self, config: GenerationConfig) -> None:
+        self.config = config
+        self.client: ModelClient | None = None
+        self._client_config: ClientConfig | None = None
+        self._serve_config: ServeConfig | None = None
+
+    def open(self) -> ModelClient:
+        from model_server import managed
+
+        cfg = self.config
+        if cfg.model_server_url:
+            self._client_config = cfg.client_config(cfg.model_server_url, cfg.client_model_name)
+        else:
+            from model_server.prepare import prepare
+
+            self._serve_config = cfg.serve_config(str(prepare(cfg.model)))
+            server = managed.acquire_server(self._serve_config)
+            self._client_config = cfg.client_config(server.base_url, server.model_name)
+        if not cfg.request_seeds:
+            log.warning(
+                "per-request seeds are off (--no_request_seeds): samples are not reproducible"
+            )
+        self.client = managed.acquire_client(self._client_config)
+        return self.client
+
+    def close(self) -> None:
+        from model_server import managed
+
+        if self._client_config is not None:
+            managed.release_client(self._client_config)
+            self._client_config = None
+        if self._serve_config is not None:
+            managed.release_server(self._serve_config, self.config.server_linger_s)
+            self._serve_config = None
+        self.client = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRequest:
+    """What one element asks the model, plus what its result handler needs back."""
+
+    prompt: str
+    params: SamplingParams
+    context: Any = None
+
+
+@dataclasses.dataclass
+class _Pending:
+    element: Record
+    request: ModelRequest
+    future: concurrent.futures.Future
+    window: Any
+    timestamp: Any
+
+
+class ModelCallFn(StageFn):
+    """Batches in, one request per element, outputs routed as each answer arrives."""
+
+    def __init__(self, stage: str, config: GenerationConfig) -> None:
+        super().__init__(stage)
+        self.config = config
+        self._requests = Metrics.counter(METRICS_NAMESPACE, f"{stage}_requests")
+        self._retries = Metrics.counter(METRICS_NAMESPACE, f"{stage}_retries")
+        self._cache_hits = Metrics.counter(METRICS_NAMESPACE, f"{stage}_cache_hits")
+        self._tokens_in = Metrics.counter(METRICS_NAMESPACE, f"{stage}_prompt_tokens")
+        self._tokens_out = Metrics.counter(METRICS_NAMESPACE, f"{stage}_completion_tokens")
+        self._latency = Metrics.distribution(METRICS_NAMESPACE, f"{stage}_latency_ms")
+
+    # -- subclass API -------------------------------------------------------------------
+
+    def request(self, element: Any) -> ModelRequest:
+        raise NotImplementedError
+
+    def on_result(
+        self, element: Any, request: ModelRequest, result: CompletionResult
+    ) -> Iterable[Any]:
+        raise NotImplementedError
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._access = ModelAccess(self.config)
+        self._client = self._access.open()
+
+    def teardown(self) -> None:
+        access = getattr(self, "_access", None)
+        if access is not None:
+            access.close()
+
+    def start_bundle(self) -> None:
+        self._pending: collections.OrderedDict[concurrent.futures.Future, _Pending] = (
+            collections.OrderedDict()
+        )
+
+    def process(  # type: ignore[override]
+        self,
+        batch: Iterable[Any],
+        window: Any = beam.DoFn.WindowParam,
+        timestamp: Any = beam.DoFn.TimestampParam,
+    ) -> Iterator[Any]:
+        for element in batch:
+            try:
+                request = self.request(element)
+                future = self._client.submit(request.prompt, request.params)
+            except Exception as exc:  # a bad record must not stop the bundle
+                yield from self._wrap(self._dead_letter(element, exc), window, timestamp)
+                continue
+            self._pending[future] = _Pending(element, request, future, window, timestamp)
+        yield from self._collect(limit=2 * self.config.max_in_flight)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self._collect(limit=0)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _collect(self, limit: int) -> Iterator[Any]:
+        """Emits every finished request; blocks while more than `limit` are outstanding."""
+        while self._pending:
+            done = [f for f in self._pending if f.done()]
+            if not done and len(self._pending) > limit:
+                finished, _ = concurrent.futures.wait(
+                    list(self._pending), return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                done = [f for f in self._pending if f in finished]
+            if not done:
+                return
+            for future in done:
+                pending = self._pending.pop(future)
+                yield from self._wrap(self._route(pending), pending.window, pending.timestamp)
+
+    def _route(self, pending: _Pending) -> list[Any]:
+        element = pending.element
+        try:
+            result: CompletionResult = pending.future.result()
+            self._account(result)
+            if not result.ok:
+                return [
+                    DeadLetter(
+                        id=getattr(element, "id", ""),
+                        stage=self.stage,
+                        error=f"{result.error_kind}: {result.error}"[:2000],
+                        record=clip(element.to_json()) if isinstance(element, Record) else "",
+                    )
+                ]
+            return list(self.on_result(element, pending.request, result))
+        except Exception as exc:  # unexpected errors become dead letters
+            return [self._dead_letter(element, exc)]
+
+    def _account(self, result: CompletionResult) -> None:
+        if result.cached:
+            self._cache_hits.inc()
+            return
+        self._requests.inc(max(result.attempts, 1))
+        if result.attempts > 1:
+            self._retries.inc(result.attempts - 1)
+        self._tokens_in.inc(result.prompt_tokens)
+        self._tokens_out.inc(result.completion_tokens)
+        if result.ok:
+            self._latency.update(int(result.latency_s * 1000))
+
+    def _dead_letter(self, element: Any, exc: Exception) -> DeadLetter:
+        return DeadLetter(
+            id=str(getattr(element, "id", "")),
+            stage=self.stage,
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+            traceback=clip(traceback.format_exc(), 20_000),
+            record=clip(element.to_json()) if isinstance(element, Record) else clip(repr(element)),
+        )
+
+    def _wrap(self, outputs: Any, window: Any, timestamp: Any) -> Iterator[Any]:
+        if not isinstance(outputs, list):
+            outputs = [outputs]
+        for out in outputs:
+            value = WindowedValue(out, timestamp, (window,))
+            if isinstance(out, Rejection):
+                self._rejected.inc()
+                yield beam.pvalue.TaggedOutput(REJECTED, value)
+            elif isinstance(out, DeadLetter):
+                self._errors.inc()
+                yield beam.pvalue.TaggedOutput(ERRORS, value)
+            else:
+                self._out.inc()
+                yield value
+
+
+def rejection(
+    stage: str, reason: str, record: Record, detail: str = "", record_id: str | None = None
+) -> Rejection:
+    """A Rejection of `record` (optionally under another id, e.g. a sample's)."""
+    return Rejection(
+        id=record_id or record.id,
+        stage=stage,
+        reason=reason,
+        detail=detail[:2000],
+        record=clip(record.to_json()),
+    )
+
+
+def completion_excerpt(text: str, limit: int = 300) -> str:
+    text = text.strip()
+    return json.dumps(text if len(text) <= limit else text[:limit] + "...", ensure_ascii=False)
+
+
+def batch_elements(batch_size: int) -> beam.PTransform:
+    return beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)

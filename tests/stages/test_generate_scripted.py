@@ -1,0 +1,276 @@
+"""Generation stages against the scripted server: faults, accounting, cache, determinism."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_pipeline.records import Concepts, Instruction, Sample, Seed
+from beam_pipeline.stages.concepts import ExtractConcepts
+from beam_pipeline.stages.generation import GenerationConfig, GenerationConfigError
+from beam_pipeline.stages.instructions import GenerateInstructions
+from beam_pipeline.stages.judge import JudgeSeeds
+from beam_pipeline.stages.responses import GenerateResponses
+from model_server import managed
+from tests.conftest import FNAPI, MULTIPROCESS
+from tests.model_server.scripted import ScriptedServer
+
+N = 3
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ScriptedServer(slow_s=2.5, hang_s=60.0) as srv:
+        yield srv
+
+
+def config(server: ScriptedServer, **kw) -> GenerationConfig:
+    settings = dict(
+        model="scripted",
+        model_server_url=server.base_url,
+        num_samples=N,
+        max_new_tokens=64,
+        max_in_flight=8,
+        batch_size=4,
+        request_timeout_s=1.0,
+        max_retries=3,
+    )
+    settings.update(kw)
+    return GenerationConfig(**settings)
+
+
+def seed(i: int, extra: str = "") -> Seed:
+    text = f'def f{i}(x):\n    """Return x plus {i}.{extra}"""\n    return x + {i}'
+    return Seed(id=Seed.make_id(text), seed=text, sha1=f"sha{i}", path=f"p{i}.py")
+
+
+def instruction(i: int, text: str) -> Instruction:
+    return Instruction(
+        id=f"i{i:02d}",
+        seed=f"def s{i}(): return {i}",
+        sha1=f"sha{i}",
+        concepts="loops",
+        category="function",
+        difficulty="easy",
+        instruction=text,
+    )
+
+
+FAULT_CASES = {
+    # instruction text -> (sample indexes kept, rejection reason for the others, dead letter?)
+    "Write a.": (range(N), None, False),
+    "Write b. FAULT:500x2": (range(N), None, False),
+    "Write c. FAULT:429": (range(N), None, False),
+    "Write d. FAULT:TIMEOUT": (range(N), None, False),
+    "Write e. FAULT:DROP": (range(N), None, False),
+    "Write f. FAULT:MALFORMED": (range(N), None, False),
+    "Write g. FAULT:LENGTH": ((), "length_truncated", False),
+    "Write h. FAULT:FEWER": (range(N - 1), "missing_choice", False),
+    "Write i. FAULT:400": ((), None, True),
+    "Write j. FAULT:ALWAYS500": ((), None, True),
+    "Write k. FAULT:NOTESTS": ((), "missing_tests", False),
+    "Write l. FAULT:NOCLOSE": ((), "unparseable", False),
+    "Write m. FAULT:EMPTY": ((), "empty", False),
+}
+
+
+def test_responses_every_input_ends_once_as_sample_rejection_or_dead_letter(server) -> None:
+    items = [instruction(i, text) for i, text in enumerate(FAULT_CASES)]
+    want_main, want_rejected, want_errors = [], [], []
+    for item, (kept, reason, dead) in zip(items, FAULT_CASES.values(), strict=True):
+        if dead:
+            want_errors.append(item.id)
+            continue
+        want_main += [Sample.make_id(item.id, j) for j in kept]
+        want_rejected += [
+            (Sample.make_id(item.id, j), reason) for j in range(N) if j not in set(kept)
+        ]
+    with TestPipeline(options=PipelineOptions(FNAPI)) as pipeline:
+        out = pipeline | beam.Create(items) | GenerateResponses(config(server, max_retries=2))
+        assert_that(out.main | "Ids" >> beam.Map(lambda s: s.id), equal_to(want_main))
+        assert_that(
+            out.rejected | "Reasons" >> beam.Map(lambda r: (r.id, r.reason)),
+            equal_to(want_rejected),
+            label="Rejected",
+        )
+        assert_that(
+            out.errors | "ErrIds" >> beam.Map(lambda d: d.id), equal_to(want_errors), label="Errors"
+        )
+        assert_that(
+            out.errors | "ErrText" >> beam.Map(lambda d: "maximum context length" in d.error
+                                               or "gave up" in d.error),
+            equal_to([True, True]),
+            label="ErrorMessages",
+        )  # fmt: skip
+
+
+def test_samples_carry_every_field(server) -> None:
+    item = instruction(1, "Write x.")
+    with TestPipeline(options=PipelineOptions(FNAPI)) as pipeline:
+        out = pipeline | beam.Create([item]) | GenerateResponses(config(server))
+
+        def check(sample: Sample) -> bool:
+            sampling = json.loads(sample.sampling)
+            return (
+                sample.seed == item.seed
+                and sample.sha1 == item.sha1
+                and sample.concepts == item.concepts
+                and sample.instruction == item.instruction
+                and sample.instruction_id == item.id
+                and sample.model == "scripted"
+                and sample.response.startswith("Return a constant.")
+                and sample.tests.startswith("```python\nassert ")
+                and "</response>" in sample.raw_response
+                and sample.response_prompt.endswith("\nWrite x.\n</instruction>\n\n<response>")
+                and sampling["n"] == N
+                and sampling["seed"] is not None
+                and sampling["stop"] == ["## Example", "</tests>"]
+            )  # fmt: skip
+
+        assert_that(out.main | beam.Map(check), equal_to([True] * N))
+
+
+def _chain(pipeline: beam.Pipeline, seeds: list[Seed], cfg: GenerationConfig, out_dir: str):
+    judged = pipeline | beam.Create(seeds) | JudgeSeeds(cfg)
+    concepts = judged.main | ExtractConcepts(cfg)
+    instructions = concepts.main | GenerateInstructions(cfg)
+    responses = instructions.main | GenerateResponses(cfg)
+    named = {
+        "judge": judged,
+        "concepts": concepts,
+        "instructions": instructions,
+        "responses": responses,
+    }
+    for stage, outputs in named.items():
+        for kind, pcoll in zip(("main", "rejected", "errors"), outputs, strict=True):
+            _ = (
+                pcoll
+                | f"Json{stage}{kind}" >> beam.Map(lambda r: r.to_json())
+                | f"Write{stage}{kind}"
+                >> beam.io.WriteToText(f"{out_dir}/{stage}-{kind}", shard_name_template="-SSSSS")
+            )
+
+
+def _read(out_dir: pathlib.Path) -> dict[str, list[dict]]:
+    result: dict[str, list[dict]] = {}
+    for path in sorted(out_dir.glob("*-*-*")):
+        name = path.name.rsplit("-", 1)[0]
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        result.setdefault(name, []).extend(rows)
+    return {k: sorted(v, key=lambda r: r["id"]) for k, v in result.items()}
+
+
+def run_chain(seeds: list[Seed], cfg: GenerationConfig, out_dir: pathlib.Path, argv) -> dict:
+    with beam.Pipeline(options=PipelineOptions(argv)) as pipeline:
+        _chain(pipeline, seeds, cfg, str(out_dir))
+    return _read(out_dir)
+
+
+def test_chain_accounts_for_every_seed(server, tmp_path) -> None:
+    seeds = [seed(i) for i in range(6)] + [seed(10, " BADDOC"), seed(11, " FAULT:400")]
+    out = run_chain(seeds, config(server), tmp_path, FNAPI)
+    ids = lambda key: [r["id"] for r in out.get(key, [])]  # noqa: E731
+    judged_ok = {s.id for s in seeds[:6]}
+    assert set(ids("judge-main")) == judged_ok
+    assert [(r["id"], r["reason"]) for r in out["judge-rejected"]] == [
+        (seeds[6].id, "docstring_rejected")
+    ]
+    assert ids("judge-errors") == [seeds[7].id]
+    assert set(ids("concepts-main")) == judged_ok
+    assert set(ids("instructions-main")) == judged_ok
+    assert sorted(ids("responses-main")) == sorted(
+        Sample.make_id(i, j) for i in judged_ok for j in range(N)
+    )
+    for key in (
+        "concepts-rejected",
+        "concepts-errors",
+        "instructions-rejected",
+        "responses-rejected",
+    ):
+        assert ids(key) == []
+    concept = Concepts.from_dict(out["concepts-main"][0])
+    assert concept.concepts.startswith("concept ") and concept.concepts_prompt.endswith(
+        "### Concepts"
+    )
+    instr = Instruction.from_dict(out["instructions-main"][0])
+    assert instr.category in ("function", "class", "program") and instr.instruction
+    assert instr.concepts == concept.concepts or instr.id != concept.id
+    sample = Sample.from_dict(out["responses-main"][0])
+    assert sample.seed and sample.concepts and sample.instruction and sample.concepts_prompt
+
+
+def test_rerun_with_cache_sends_no_generation_request(server, tmp_path) -> None:
+    cfg = config(server, cache_dir=str(tmp_path / "cache"))
+    seeds = [seed(i) for i in range(4)]
+    first = run_chain(seeds, cfg, tmp_path / "first", FNAPI)
+    before = server.generation_requests
+    second = run_chain(seeds, cfg, tmp_path / "second", FNAPI)
+    assert server.generation_requests == before
+    assert first == second
+    assert len(first["responses-main"]) == 4 * N
+
+
+def test_same_outputs_on_one_worker_and_two_worker_processes(server, tmp_path) -> None:
+    seeds = [seed(i) for i in range(8)]
+    cfg = config(server)
+    one = run_chain(seeds, cfg, tmp_path / "one", FNAPI)
+    two = run_chain(seeds, cfg, tmp_path / "two", MULTIPROCESS)
+    assert one == two
+    assert len(one["responses-main"]) == 8 * N
+
+
+def test_different_batch_sizes_give_the_same_prompts(server, tmp_path) -> None:
+    seeds = [seed(i) for i in range(5)]
+    a = run_chain(seeds, config(server, batch_size=1), tmp_path / "a", FNAPI)
+    b = run_chain(seeds, config(server, batch_size=16, max_in_flight=2), tmp_path / "b", FNAPI)
+    assert a == b
+
+
+def test_dead_engine_turns_pending_work_into_dead_letters(tmp_path) -> None:
+    items = [instruction(0, "Write z. FAULT:DEAD")] + [instruction(i, f"w{i}") for i in range(1, 6)]
+    with ScriptedServer(hang_s=120.0) as srv:
+        cfg = config(
+            srv, request_timeout_s=300.0, max_in_flight=1, batch_size=1, health_interval_s=0.5
+        )
+        with TestPipeline(options=PipelineOptions(FNAPI)) as pipeline:
+            out = pipeline | beam.Create(items) | GenerateResponses(cfg)
+            assert_that(
+                out.errors | beam.Map(lambda d: (d.id, d.error.split(":")[0])),
+                equal_to([(item.id, "engine_dead") for item in items]),
+            )
+            assert_that(out.main, equal_to([]), label="NoSamples")
+
+
+def test_managed_server_mode_starts_and_stops_a_server_per_worker(tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    cfg = GenerationConfig(
+        model=str(model_dir),
+        served_model_name="stand-in",
+        server_launcher=(sys.executable, "-m", "tests.model_server.scripted"),
+        server_linger_s=0,
+        num_samples=2,
+    )
+    seeds = [seed(i) for i in range(3)]
+    out = run_chain(seeds, cfg, tmp_path / "out", FNAPI)
+    assert len(out["responses-main"]) == 3 * 2
+    assert {r["model"] for r in out["responses-main"]} == {"stand-in"}
+    assert managed._SERVERS == {}  # teardown released and stopped it
+    managed.shutdown_all()
+
+
+def test_config_validation() -> None:
+    with pytest.raises(GenerationConfigError):
+        GenerationConfig(num_samples=0)
+    with pytest.raises(GenerationConfigError):
+        GenerationConfig(model_server_url="localhost:8000")
+    with pytest.raises(GenerationConfigError):
+        GenerationConfig(top_p=0)
