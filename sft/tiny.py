@@ -126,6 +126,7 @@ def build_model(
     num_layers: int = 2,
     num_heads: int = 2,
     seed: int = 0,
+    initializer_range: float = 0.02,
 ) -> PreTrainedModel:
     """A randomly initialised causal LM sized for the tokenizer (head size hidden/heads)."""
     import torch
@@ -143,6 +144,7 @@ def build_model(
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
+        "initializer_range": initializer_range,
     }
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)

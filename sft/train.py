@@ -122,6 +122,17 @@ def _write_run_files(out: Path, recipe: Recipe, dataset: Any) -> None:
             handle.write(item.to_json() + "\n")
 
 
+def _completed_state(final_dir: Path, total_steps: int) -> TrainState | None:
+    """The state of a finished run whose model folder was fully written, else None."""
+    summary = final_dir / "sft_training.json"
+    if not summary.is_file():
+        return None
+    saved = json.loads(summary.read_text())
+    if saved.get("total_steps") != total_steps:
+        return None
+    return TrainState(**saved["state"])
+
+
 def train(recipe: Recipe) -> TrainResult:
     """Runs (or resumes) the training job of a recipe; call under torchrun for several ranks."""
     env = init_distributed()
@@ -153,6 +164,13 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
         pack_tokens = cfg.pack_max_tokens or cfg.micro_batch_size * recipe.data.max_length
         if pack_tokens < recipe.data.max_length:
             raise ValueError("training.pack_max_tokens must be at least data.max_length")
+
+    done = _completed_state(out / "final", plan.total_steps) if cfg.resume else None
+    if done is not None:
+        log.info(
+            "%s already holds the model after %d steps; nothing to do", out / "final", done.step
+        )
+        return TrainResult(out, out / "final", done, plan.total_steps)
 
     precision = resolve_precision(recipe.model.precision, env.device)
     strategy = resolve_strategy(cfg.strategy, env)

@@ -35,8 +35,9 @@ def final_jsonl() -> Path:
     return FINAL_JSONL
 
 
-def make_recipe(model_dir: Path, output_dir: Path, data: dict[str, Any] | None = None,
-                **training: Any) -> Recipe:
+def make_recipe(
+    model_dir: Path, output_dir: Path, data: dict[str, Any] | None = None, **training: Any
+) -> Recipe:
     base = {
         "output_dir": str(output_dir),
         "global_batch_size": 4,
