@@ -9,12 +9,19 @@ of 10 rows, 0.5 gives 41 x 6.
 Two documents are candidates when any band key is equal. A key is the band index followed by
 the band's signature values as little-endian uint32 bytes: exact, not a hash of them, so
 collisions are exactly datasketch's bucket collisions.
+
+For a distributed grouping, `band_groups` spreads band entries over `bands * shards` groups
+(band index, and the band's first value modulo `shards`): every bucket lies inside one group,
+so grouping by group and then by band value inside it finds exactly the same buckets while
+moving one element per (batch, group) through the shuffle instead of one per (document, band).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy.integrate import quad
@@ -73,3 +80,39 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> list[list[bytes]
         raw = row.tobytes()
         keys.append([prefixes[i] + raw[i * width : (i + 1) * width] for i in range(bands)])
     return keys
+
+
+def band_groups(
+    signatures: np.ndarray, ids: Sequence[str], bands: int, rows: int, shards: int
+) -> dict[int, list[tuple[bytes, str]]]:
+    """group -> [(band values as bytes, id)] for every band of every document.
+
+    group = band * shards + (band's first value mod shards): deterministic on any machine.
+    """
+    n, num_perm = signatures.shape
+    if bands * rows > num_perm:
+        raise ValueError(f"{bands} bands x {rows} rows need {bands * rows} > {num_perm} values")
+    if shards < 1:
+        raise ValueError(f"shards must be positive, got {shards}")
+    banded = np.ascontiguousarray(
+        signatures[:, : bands * rows].astype("<u4", copy=False).reshape(n, bands, rows)
+    )
+    values = banded.view(f"V{4 * rows}").reshape(n, bands).tolist()  # one bytes object each
+    groups_of = (banded[:, :, 0] % shards + np.arange(bands) * shards).tolist()
+    grouped: dict[int, list[tuple[bytes, str]]] = collections.defaultdict(list)
+    for doc_id, doc_values, doc_groups in zip(ids, values, groups_of, strict=True):
+        for value, group in zip(doc_values, doc_groups, strict=True):
+            grouped[group].append((value, doc_id))
+    return dict(grouped)
+
+
+def star_edges(entries: Iterable[tuple[bytes, str]]) -> Iterator[tuple[str, str]]:
+    """Band entries of one group -> (member, smallest member) for every bucket of 2+ ids."""
+    buckets: dict[bytes, set[str]] = collections.defaultdict(set)
+    for value, doc_id in entries:
+        buckets[value].add(doc_id)
+    for members in buckets.values():
+        if len(members) > 1:
+            ordered = sorted(members)
+            for member in ordered[1:]:
+                yield member, ordered[0]

@@ -8,9 +8,13 @@ sequence, each pass on the previous pass's survivors. Per pass:
 1. `Shingle`: each record's text -> its shingle hashes. A text with fewer than `ngram` tokens is
    not deduplicated: the record passes through untouched and is counted as
    `too_short_for_dedup`. A record whose text cannot be read becomes a dead letter.
-2. `Sign` (in batches, vectorised) -> one (band key, id) per band; `GroupBands` groups them.
-3. `BucketEdges`: each bucket of two or more ids -> an edge from each member to the bucket's
-   smallest id (a star: size - 1 edges, not all pairs).
+2. `Sign` (in batches, vectorised): signatures -> band entries (band values, id), gathered per
+   band group (band index x `band_shards` slices of the band's first value; every LSH bucket
+   lies inside one group). One element per (batch, group) goes through `GroupBands`, not one
+   per (document, band): the shuffle moves the same bytes in far fewer elements.
+3. `BucketEdges`: inside each group, each bucket of two or more ids -> an edge from each
+   member to the bucket's smallest id (a star: size - 1 edges, not all pairs). A group holds
+   about documents / band_shards entries: raise `band_shards` beyond some 50 million documents.
 4. `Components`: connected components without gathering the graph anywhere: alternating
    large-star and small-star rounds (Kiveris et al., "Connected Components in MapReduce and
    Beyond", 2014), each a GroupByKey. Every round counts the nodes that are not yet settled
@@ -48,7 +52,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_pipeline.core.lsh import band_keys, optimal_params
+from beam_pipeline.core.lsh import band_groups, optimal_params, star_edges
 from beam_pipeline.core.minhash import SCHEMES, MinHasher
 from beam_pipeline.records import Record, Rejection
 from beam_pipeline.stages.common import (
@@ -118,27 +122,25 @@ class ShingleFn(StageFn):
 
 
 class SignFn(beam.DoFn):
-    """A batch of (id, shingle hashes) -> (band key, id) for every band of every document."""
+    """A batch of (id, shingle hashes) -> (band group, [(band values, id), ...]) per group."""
 
-    def __init__(self, hasher: MinHasher, bands: int, rows: int) -> None:
+    def __init__(self, hasher: MinHasher, bands: int, rows: int, shards: int) -> None:
         self.hasher = hasher
         self.bands = bands
         self.rows = rows
+        self.shards = shards
 
-    def process(self, batch: Sequence[tuple[str, np.ndarray]]) -> Iterator[tuple[bytes, str]]:
+    def process(
+        self, batch: Sequence[tuple[str, np.ndarray]]
+    ) -> Iterator[tuple[int, list[tuple[bytes, str]]]]:
         signatures = self.hasher.signatures_from_hashes([h for _, h in batch])
-        for (doc_id, _), keys in zip(
-            batch, band_keys(signatures, self.bands, self.rows), strict=True
-        ):
-            for key in keys:
-                yield key, doc_id
+        ids = [doc_id for doc_id, _ in batch]
+        yield from band_groups(signatures, ids, self.bands, self.rows, self.shards).items()
 
 
-def bucket_edges(bucket: tuple[bytes, Iterable[str]]) -> Iterator[tuple[str, str]]:
-    """A band bucket -> (member, smallest member) for every other member."""
-    members = sorted(set(bucket[1]))
-    for member in members[1:]:
-        yield member, members[0]
+def bucket_edges(group: tuple[int, Iterable[list[tuple[bytes, str]]]]) -> Iterator[tuple[str, str]]:
+    """A band group -> (member, smallest member) for every other member of each bucket."""
+    return star_edges(itertools.chain.from_iterable(group[1]))
 
 
 def _both_directions(edge: tuple[str, str]) -> Iterator[tuple[str, str]]:
@@ -296,6 +298,7 @@ class _NearDedupPass(beam.PTransform):
         rows: int,
         max_rounds: int,
         batch_size: int,
+        band_shards: int,
         accounting: Accounting | None,
     ) -> None:
         super().__init__()
@@ -306,6 +309,7 @@ class _NearDedupPass(beam.PTransform):
         self.rows = rows
         self.max_rounds = max_rounds
         self.batch_size = batch_size
+        self.band_shards = band_shards
         self.accounting = accounting
 
     def expand(self, records: beam.PCollection) -> StageOutputs:
@@ -320,7 +324,7 @@ class _NearDedupPass(beam.PTransform):
             >> beam.BatchElements(
                 min_batch_size=min(64, self.batch_size), max_batch_size=self.batch_size
             )
-            | "Sign" >> beam.ParDo(SignFn(self.hasher, self.bands, self.rows))
+            | "Sign" >> beam.ParDo(SignFn(self.hasher, self.bands, self.rows, self.band_shards))
             | "GroupBands" >> beam.GroupByKey()
             | "BucketEdges" >> beam.FlatMap(bucket_edges)
         )
@@ -368,6 +372,7 @@ class NearDedup(beam.PTransform):
         bands_rows: tuple[int, int] | None = None,
         max_rounds: int = 32,
         batch_size: int = 1024,
+        band_shards: int = 64,
         accounting: Accounting | None = None,
     ) -> None:
         super().__init__()
@@ -378,8 +383,8 @@ class NearDedup(beam.PTransform):
             raise ValueError(f"dedup threshold must be in (0, 1), got {threshold}")
         if scheme not in SCHEMES:
             raise ValueError(f"unknown MinHash scheme {scheme!r}; expected one of {SCHEMES}")
-        if max_rounds < 1 or batch_size < 1:
-            raise ValueError("max_rounds and batch_size must be positive")
+        if max_rounds < 1 or batch_size < 1 or band_shards < 1:
+            raise ValueError("max_rounds, batch_size and band_shards must be positive")
         self.stage = stage
         self.getters = getters
         self.hasher = MinHasher(num_perm=num_perm, seed=seed, ngram=ngram, scheme=scheme)
@@ -390,6 +395,7 @@ class NearDedup(beam.PTransform):
             )
         self.max_rounds = max_rounds
         self.batch_size = batch_size
+        self.band_shards = band_shards
         self.accounting = accounting
 
     def expand(self, records: beam.PCollection) -> StageOutputs:
@@ -406,6 +412,7 @@ class NearDedup(beam.PTransform):
                 self.rows,
                 self.max_rounds,
                 self.batch_size,
+                self.band_shards,
                 self.accounting,
             )
             passes.append(outputs)

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from datasketch.lsh import _optimal_param
 
-from beam_pipeline.core.lsh import band_keys, collision_probability, optimal_params
+from beam_pipeline.core.lsh import (
+    band_groups,
+    band_keys,
+    collision_probability,
+    optimal_params,
+    star_edges,
+)
 from beam_pipeline.core.minhash import MinHasher, shingles
 
 
@@ -103,3 +109,38 @@ def test_band_collisions_equal_datasketch_lsh_candidates(threshold: float) -> No
     }
     assert len(ours) > 40
     assert ours == theirs
+
+
+@pytest.mark.parametrize("shards", [1, 7, 64])
+def test_band_groups_find_the_same_buckets_as_band_keys(shards: int) -> None:
+    texts = _corpus()
+    ids = [f"d{i:04d}" for i in range(len(texts))]
+    bands, rows = optimal_params(0.7, 250)
+    signatures, _ = MinHasher().signatures(texts)
+    by_key = collections.defaultdict(set)
+    for doc_id, keys in zip(ids, band_keys(signatures, bands, rows), strict=True):
+        for key in keys:
+            by_key[key].add(doc_id)
+    expected = {
+        (member, min(members))
+        for members in by_key.values()
+        for member in members
+        if member != min(members)
+    }
+    # Split the corpus into two "batches" as the Beam stage would.
+    grouped = collections.defaultdict(list)
+    for start in (0, len(ids) // 2):
+        end = len(ids) // 2 if start == 0 else len(ids)
+        batch = band_groups(signatures[start:end], ids[start:end], bands, rows, shards)
+        for group, entries in batch.items():
+            assert 0 <= group < bands * shards
+            grouped[group].extend(entries)
+    edges = [edge for entries in grouped.values() for edge in star_edges(entries)]
+    assert len(expected) > 40
+    assert set(edges) == expected
+
+
+def test_star_edges_link_every_member_to_the_smallest() -> None:
+    entries = [(b"v1", "c"), (b"v1", "a"), (b"v1", "b"), (b"v1", "a"), (b"v2", "z"), (b"v3", "q")]
+    entries += [(b"v3", "p")]
+    assert sorted(star_edges(entries)) == [("b", "a"), ("c", "a"), ("q", "p")]
