@@ -1,0 +1,267 @@
+"""ExecuteSamples: Sample -> Execution (method.md §3).
+
+Input: `Sample` records (response + tests). Each sample's program is built by
+`core.program.build_program` (every Python fenced block; the `__main__` section cut only when
+its block really calls `input(`), the samples are redistributed across workers, batched, and run
+in the sandbox: one fork-server `SandboxPool` per worker process (built in `DoFn.setup`, shared
+by the DoFn instances of that process), so a batch keeps every supervisor busy.
+
+Output (main): one `Execution` per sample that ran, whatever its verdict: passed, failed,
+timeout, memory, crashed. Selection keeps the passing ones.
+Rejections (`rejected/execution/`): `no_code` (no Python block in the response or tests).
+Dead letters (`errors/execution/`): samples whose sandbox kept failing (`sandbox_error` after
+the pool's retries on fresh supervisors): an infrastructure fault is never a failed sample.
+
+Execution cache (optional, any fsspec URL): `CACHE/<key[:2]>/<key>.json` holds the result of
+a program, keyed by the program's SHA-256 and a fingerprint of the limits, backend and
+interpreter version. A rerun, or a duplicate program in the same run, is not executed again.
+sandbox_error results are never cached.
+
+Metrics (namespace `selfcodealign`): execution_<status> per verdict, execution_cache_hit,
+execution_cache_miss, execution_cache_error, execution_duration_ms (distribution).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from beam_pipeline.core.program import build_program, program_sha
+from beam_pipeline.records import DeadLetter, Execution, Rejection, Sample, clip
+from beam_pipeline.stages.common import (
+    METRICS_NAMESPACE,
+    Accounting,
+    StageFn,
+    StageOutputs,
+    apply_stage_fn,
+    merge_outputs,
+)
+from sandbox_image import STATUSES, ExecutionResult, SandboxConfig, SandboxPool
+
+STAGE = "execution"
+SANDBOX_ERROR = "sandbox_error"
+VERDICTS = tuple(s for s in STATUSES if s != SANDBOX_ERROR)
+# Execution records carry program output: keep it short, there are millions of them.
+DEFAULT_SANDBOX = SandboxConfig(max_output_bytes=8192)
+
+log = logging.getLogger(__name__)
+
+
+class ExecuteReason(enum.Enum):
+    NO_CODE = "no_code"
+
+
+class BuildProgramFn(StageFn):
+    """Sample -> (Sample, program source), or a `no_code` rejection."""
+
+    def handle(self, sample: Sample) -> Iterator[tuple[Sample, str] | Rejection]:
+        program = build_program(sample.response, sample.tests)
+        if not program.source:
+            detail = f"{program.skipped_blocks} non-Python blocks" if program.skipped_blocks else ""
+            yield Rejection.of(STAGE, ExecuteReason.NO_CODE.value, sample, detail)
+            return
+        yield sample, program.source
+
+
+class ExecutionCache:
+    """Program results on an fsspec path; every failure degrades to a miss, never an error."""
+
+    def __init__(self, root: str, fingerprint: str) -> None:
+        import fsspec
+
+        self.root = root.rstrip("/")
+        self.fingerprint = fingerprint
+        self.fs, self.base = fsspec.core.url_to_fs(self.root)
+
+    def key(self, source: str) -> str:
+        return hashlib.sha256(f"{self.fingerprint}\n{program_sha(source)}".encode()).hexdigest()
+
+    def path(self, key: str) -> str:
+        return f"{self.base}/{key[:2]}/{key}.json"
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, ExecutionResult]:
+        paths = {self.path(k): k for k in keys}
+        found = self.fs.cat(list(paths), on_error="omit")
+        out = {}
+        for path, data in found.items():
+            try:
+                out[paths[path]] = ExecutionResult.from_dict(json.loads(data))
+            except (ValueError, TypeError, KeyError):
+                continue  # a damaged entry is a miss
+        return out
+
+    def put_many(self, results: dict[str, ExecutionResult]) -> None:
+        for key in results:
+            self.fs.makedirs(os.path.dirname(self.path(key)), exist_ok=True)
+        self.fs.pipe({self.path(k): json.dumps(r.to_dict()).encode() for k, r in results.items()})
+
+
+def sandbox_fingerprint(config: SandboxConfig, pool: SandboxPool) -> str:
+    """What a verdict depends on besides the program: limits, backend, interpreter."""
+    fields = {
+        "timeout_s": config.timeout_s,
+        "memory_mb": config.memory_mb,
+        "cpu": config.cpu_limit_s,
+        "nproc": config.max_processes,
+        "nofile": config.max_open_files,
+        "fsize": config.max_file_mb,
+        "scratch": config.scratch_mb,
+        "output": config.max_output_bytes,
+        "backend": pool.backend,
+        "python": pool.plan.interpreter.version,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _SharedPool:
+    """Weak-referenceable holder so `shared.Shared` can keep one pool per worker process."""
+
+    def __init__(self, config: SandboxConfig, workers: int | None) -> None:
+        self.pool = SandboxPool(config, workers=workers)
+
+
+class RunProgramsFn(StageFn):
+    """A batch of (Sample, source) -> Execution records (dead letters for sandbox errors)."""
+
+    def __init__(
+        self, sandbox: SandboxConfig, workers: int | None = None, cache_dir: str | None = None
+    ) -> None:
+        super().__init__(STAGE)
+        self.sandbox = sandbox
+        self.workers = workers
+        self.cache_dir = cache_dir
+        self._shared = shared.Shared()
+        self._holder: _SharedPool | None = None
+        self._cache: ExecutionCache | None = None
+        self._status = {s: Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_{s}") for s in STATUSES}
+        self._hit = Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_cache_hit")
+        self._miss = Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_cache_miss")
+        self._cache_error = Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_cache_error")
+        self._duration = Metrics.distribution(METRICS_NAMESPACE, f"{STAGE}_duration_ms")
+
+    def setup(self) -> None:
+        tag = f"{self.sandbox!r}/{self.workers}"
+        self._holder = self._shared.acquire(lambda: _SharedPool(self.sandbox, self.workers), tag)
+        pool = self._holder.pool
+        log.info("execution: %s, %d supervisors", pool.plan.describe(), pool.workers)
+        if self.cache_dir:
+            self._cache = ExecutionCache(self.cache_dir, sandbox_fingerprint(self.sandbox, pool))
+
+    def _cached(self, keys: Sequence[str]) -> dict[str, ExecutionResult]:
+        if self._cache is None:
+            return {}
+        try:
+            return self._cache.get_many(keys)
+        except Exception:  # the cache only ever saves work
+            log.warning("execution cache read failed", exc_info=True)
+            self._cache_error.inc()
+            return {}
+
+    def _store(self, results: dict[str, ExecutionResult]) -> None:
+        if self._cache is None or not results:
+            return
+        try:
+            self._cache.put_many(results)
+        except Exception:  # a failed write costs a rerun, nothing else
+            log.warning("execution cache write failed", exc_info=True)
+            self._cache_error.inc()
+
+    def _results(self, sources: list[str]) -> dict[str, ExecutionResult]:
+        """source -> result for every distinct source (cache first, then the pool)."""
+        keys = {s: self._cache.key(s) if self._cache else program_sha(s) for s in sources}
+        hits = self._cached(list(dict.fromkeys(keys.values())))
+        results = {s: hits[k] for s, k in keys.items() if k in hits}
+        todo = [s for s in dict.fromkeys(sources) if s not in results]
+        self._miss.inc(len(todo))
+        self._hit.inc(len(sources) - len(todo))  # cached, or a duplicate within the batch
+        assert self._holder is not None
+        fresh = dict(zip(todo, self._holder.pool.run_many(todo), strict=True))
+        results.update(fresh)
+        self._store({keys[s]: r for s, r in fresh.items() if r.status != SANDBOX_ERROR})
+        return results
+
+    def handle(self, batch: list[tuple[Sample, str]]) -> Iterator[Execution | DeadLetter]:
+        sources = [source for _, source in batch]
+        try:
+            results = self._results(sources)
+        except Exception as exc:  # every sample of the batch gets its letter
+            for sample, _ in batch:
+                yield self._dead_letter(sample, f"{type(exc).__name__}: {exc}")
+            return
+        for sample, source in batch:
+            result = results[source]
+            self._status[result.status].inc()
+            if result.status == SANDBOX_ERROR:
+                yield self._dead_letter(sample, result.stderr)
+                continue
+            self._duration.update(int(result.duration_s * 1000))
+            yield sample.derive(
+                Execution,
+                program_sha=program_sha(source),
+                status=result.status,
+                exit_code=result.exit_code,
+                signal=result.signal,
+                duration_s=result.duration_s,
+                stdout=result.stdout,
+                stderr=result.stderr,
+                backend=result.backend,
+            )
+
+    @staticmethod
+    def _dead_letter(sample: Sample, message: str) -> DeadLetter:
+        return DeadLetter(
+            id=sample.id,
+            stage=STAGE,
+            error=f"sandbox_error: {message}"[:2000],
+            record=clip(sample.to_json()),
+        )
+
+
+class ExecuteSamples(beam.PTransform):
+    """Sample -> Execution; see the module docstring for outputs, cache and metrics."""
+
+    def __init__(
+        self,
+        sandbox: SandboxConfig = DEFAULT_SANDBOX,
+        workers: int | None = None,
+        cache_dir: str | None = None,
+        max_batch_size: int = 64,
+        accounting: Accounting | None = None,
+    ) -> None:
+        super().__init__()
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.sandbox = sandbox
+        self.workers = workers
+        self.cache_dir = cache_dir
+        self.max_batch_size = max_batch_size
+        self.accounting = accounting
+
+    def expand(self, samples: beam.PCollection) -> StageOutputs:
+        built = apply_stage_fn(samples, "BuildPrograms", BuildProgramFn(STAGE))
+        batches = (
+            built.main
+            | "FanOut" >> beam.Reshuffle()
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
+        )
+        ran = apply_stage_fn(
+            batches, "RunInSandbox", RunProgramsFn(self.sandbox, self.workers, self.cache_dir)
+        )
+        outputs = merge_outputs("Execute", built, ran)
+        if self.accounting is not None:
+            self.accounting.count_stage(STAGE, samples, outputs)
+            for status in VERDICTS:
+                self.accounting.count(
+                    outputs.main | f"Is_{status}" >> beam.Filter(lambda e, s=status: e.status == s),
+                    STAGE,
+                    status,
+                )
+        return outputs
