@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipeline.config import ConfigError, RunConfig
 from beam_pipeline.options import SelfCodeAlignOptions
 from beam_pipeline.records import Seed
-from beam_pipeline.report import write_report
+from beam_pipeline.report import collect_metrics, write_report
 from beam_pipeline.stages.common import Accounting, ReadJsonl, WriteJsonl, WriteStageOutputs
 from beam_pipeline.stages.read import ReadSources
 from beam_pipeline.stages.seeds import ExtractSeeds
@@ -73,6 +73,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             "inputs": list(config.inputs),
             "wall_s": round(time.time() - started, 2),
         },
+        collect_metrics(result),
     )
     summary = {
         k: {kk: vv for kk, vv in v.items() if kk != "rejected_by_reason"}

@@ -40,9 +40,14 @@ def build_stages(counts: dict[str, int]) -> dict[str, dict[str, Any]]:
         entry = stages.setdefault(stage, {"rejected_by_reason": {}})
         if what.startswith("rejected/"):
             entry["rejected_by_reason"][what.split("/", 1)[1]] = value
+        elif what.startswith("by/"):  # by/<group>/<status>, e.g. by/function/easy/passed
+            group, _, status = what[3:].rpartition("/")
+            entry.setdefault("by_group", {}).setdefault(group, {})[status] = value
         else:
             entry[what] = value
     for entry in stages.values():
+        if "by_group" in entry:
+            entry["passed"] = sum(g.get("passed", 0) for g in entry["by_group"].values())
         if "in" in entry and "out" in entry:
             accounted = entry["out"] + entry.get("rejected", 0) + entry.get("errors", 0)
             entry["balanced"] = entry["in"] == accounted
@@ -66,8 +71,11 @@ def check(stages: dict[str, dict[str, Any]]) -> list[str]:
     return problems
 
 
-def write_report(output_dir: str, run_info: dict[str, Any]) -> dict[str, Any]:
-    """Merges this run's stages into OUT/report.json (a resumed run keeps earlier stages)."""
+def write_report(
+    output_dir: str, run_info: dict[str, Any], metrics: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Merges this run's stages into OUT/report.json (a resumed run keeps earlier stages),
+    and renders OUT/report.html from it."""
     fs, _, (path,) = fsspec.get_fs_token_paths(f"{output_dir}/report.json")
     previous: dict[str, Any] = {}
     if fs.exists(path):
@@ -76,12 +84,35 @@ def write_report(output_dir: str, run_info: dict[str, Any]) -> dict[str, Any]:
     stages = dict(previous.get("stages", {}))
     stages.update(build_stages(load_counts(output_dir)))
     problems = check(stages)
+    merged_metrics = dict(previous.get("metrics", {}))
+    for key, value in (metrics or {}).items():
+        merged_metrics[key] = merged_metrics.get(key, 0) + value
     report = {
         "stages": stages,
         "invariant_ok": not problems,
         "problems": problems,
+        "metrics": merged_metrics,
         "runs": [*previous.get("runs", []), {**run_info, "finished": time.time()}],
     }
     with fs.open(path, "w") as handle:
         json.dump(report, handle, indent=2, sort_keys=True)
+    from beam_pipeline.report_html import write_html
+
+    write_html(output_dir, report)
     return report
+
+
+def collect_metrics(result: object) -> dict[str, int]:
+    """Counter totals of the run (namespace selfcodealign) where the runner reports them."""
+    try:
+        counters = result.metrics().query()["counters"]  # type: ignore[attr-defined]
+    except Exception:
+        return {}
+    totals: dict[str, int] = {}
+    for counter in counters:
+        if counter.key.metric.namespace != "selfcodealign":
+            continue
+        value = counter.committed if counter.committed is not None else counter.attempted
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + int(value or 0)
+    return totals

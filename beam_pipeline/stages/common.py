@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -129,6 +129,14 @@ class Accounting:
             pcoll
             | f"Count_{stage}_reasons".replace(".", "_")
             >> beam.Map(lambda r, s=stage: (f"{s}/rejected/{r.reason}", 1))
+        )
+
+    def count_by(self, pcoll: beam.PCollection, stage: str, group: Callable[[Any], str]) -> None:
+        """Counts `stage/by/<group(record)>` (e.g. category/difficulty/status)."""
+        self._parts.append(
+            pcoll
+            | f"Count_{stage}_by".replace(".", "_")
+            >> beam.Map(lambda r, s=stage, g=group: (f"{s}/by/{g(r)}", 1))
         )
 
     def count_stage(self, stage: str, inputs: beam.PCollection, outputs: StageOutputs) -> None:
