@@ -128,7 +128,7 @@ class Supervisor:
         return self.plan.backend
 
     def start(self) -> None:
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         if self.plan.backend == "bwrap":
             scratch_root = "/sandbox"
         else:

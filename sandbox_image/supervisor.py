@@ -127,7 +127,10 @@ def remove_path(path: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, onerror=_force_remove)  # noqa: PTH - onerror keeps 3.11 support
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=_force_remove)
+        else:
+            shutil.rmtree(path, onerror=_force_remove)
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
