@@ -73,13 +73,21 @@ def funnel_svg(rows: Sequence[tuple[str, int]]) -> str:
     return "".join(parts)
 
 
+STAGE_ORDER = ("read", "seeds", "concepts", "instructions", "responses", "execution", "final")
+
+
+def _pipeline_order(name: str) -> tuple[int, str]:
+    top = name.split(".", 1)[0]
+    return (STAGE_ORDER.index(top) if top in STAGE_ORDER else len(STAGE_ORDER), name)
+
+
 def stage_table(stages: dict[str, dict[str, Any]]) -> str:
     head = (
         "<tr><th class=l>stage</th><th>in</th><th>out</th><th>rejected</th><th>errors</th>"
         "<th class=l>balanced</th><th class=l>rejected by reason</th></tr>"
     )
     body = []
-    for name, entry in sorted(stages.items()):
+    for name, entry in sorted(stages.items(), key=lambda kv: _pipeline_order(kv[0])):
         reasons = ", ".join(
             f"{_esc(r)}: {n:,}" for r, n in sorted(entry.get("rejected_by_reason", {}).items())
         )

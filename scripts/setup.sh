@@ -15,16 +15,21 @@ log() { printf '[setup] %s\n' "$*"; }
 # pip warns once per package about an unreadable local index location; that is noise.
 quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
-# Debian packages: bubblewrap for the sandbox.
-if ! command -v bwrap >/dev/null; then
+# Debian packages: bubblewrap for the sandbox; chromium for the report page's browser test.
+APT_PACKAGES=${APT_PACKAGES:-"bubblewrap chromium"}
+missing=()
+for pkg in $APT_PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   if command -v apt-get >/dev/null; then
-    log "installing bubblewrap"
+    log "installing ${missing[*]} with apt-get"
     $SUDO apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bubblewrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    log "WARNING: no apt-get; install bubblewrap yourself or the sandbox uses its weaker backend"
+    log "WARNING: no apt-get; install ${missing[*]} yourself (without bubblewrap the sandbox uses its weaker backend)"
   fi
 fi
 
