@@ -152,6 +152,48 @@ def clear_directory(path: str, owner: int | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Forking
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _fork() -> int:
+    """fork(2) without CPython's at-fork machinery when that is safe.
+
+    `os.fork()` re-initialises thread, logging, import and random state in the child; with
+    numpy and pandas loaded that writes to a few hundred pages, each a copy-on-write fault, in
+    both processes, on every program. With a single thread nothing is locked or owned by
+    another thread, so a plain fork(2) (ctypes drops the GIL around the call and takes it back
+    on return, in each process) leaves a consistent interpreter. Random state is renewed by
+    `_reseed` in programs that can name it.
+    """
+    if not _single_threaded():
+        return os.fork()
+    pid = _libc.fork()
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"fork failed: {os.strerror(err)}")
+    return pid
+
+
+def _reseed() -> None:
+    """Fresh seeds for `random` and numpy's global generator (a fork shares the parent's)."""
+    seed = os.urandom(32)
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        with contextlib.suppress(Exception):
+            numpy.random.seed(int.from_bytes(seed[:4], "little"))
+
+
+# ---------------------------------------------------------------------------------------------
 # The child: becomes the program
 
 
@@ -279,12 +321,8 @@ def _child(job: dict, state: dict, scratch: str, fds: dict, vm_limit: int) -> No
         if uid is not None:
             _drop_privileges(uid)
         sys.path[:] = state["program_path"]
-        numpy = sys.modules.get("numpy")
-        if numpy is not None and "random" in job["source"]:
-            # A forked child shares the parent's global numpy seed; reseeding costs page faults,
-            # so only programs that can name numpy.random pay for it.
-            with contextlib.suppress(Exception):
-                numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
+        if "random" in job["source"]:
+            _reseed()
         os.write(STATUS_FD, b"R")
     except BaseException as exc:
         with contextlib.suppress(BaseException):
@@ -415,7 +453,7 @@ def run_job(job: dict, state: dict) -> dict:
     fds = {"stdin": stdin_fd, "stdout": out_w, "stderr": err_w, "status": st_w}
 
     start = time.monotonic()
-    pid = os.fork()
+    pid = _fork()
     if pid == 0:
         _child(job, state, scratch, fds, vm_limit)
     for fd in (stdin_fd, out_w, err_w, st_w):

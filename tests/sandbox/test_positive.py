@@ -193,3 +193,9 @@ def test_cli_run_prints_one_json_line(tmp_path: os.PathLike) -> None:
     result = json.loads(lines[0])
     assert result["status"] == "passed" and result["stdout"] == "from file\n"
     assert result["backend"] in ("bwrap", "rlimits")
+
+
+def test_supervisor_forks_from_a_single_thread(pool: SandboxPool) -> None:
+    """The fast fork path needs one thread; pandas' pyarrow would add a jemalloc thread."""
+    result = pool.run("import os\nprint(len(os.listdir(f'/proc/{os.getppid()}/task')))\n")
+    assert result.passed and result.stdout == "1\n", result
