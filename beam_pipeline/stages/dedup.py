@@ -370,7 +370,7 @@ class NearDedup(beam.PTransform):
         ngram: int = 5,
         scheme: str = "affine32",
         bands_rows: tuple[int, int] | None = None,
-        max_rounds: int = 32,
+        max_rounds: int = 24,
         batch_size: int = 1024,
         band_shards: int = 64,
         accounting: Accounting | None = None,
