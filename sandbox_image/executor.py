@@ -322,6 +322,8 @@ class SandboxPool:
             return frozenset(self._uids)
 
     def _try_start(self) -> Supervisor | None:
+        if self._closed:
+            return None
         supervisor = Supervisor(self.plan, self.config, preload=True)
         try:
             supervisor.start()
@@ -329,9 +331,14 @@ class SandboxPool:
             supervisor.close()
             return None
         with self._lock:
-            self._live.add(supervisor)
-            if supervisor.uid is not None:
-                self._uids.add(supervisor.uid)
+            closed = self._closed  # closed while this one started
+            if not closed:
+                self._live.add(supervisor)
+                if supervisor.uid is not None:
+                    self._uids.add(supervisor.uid)
+        if closed:
+            supervisor.close()
+            return None
         return supervisor
 
     def _discard(self, supervisor: Supervisor) -> None:
@@ -374,8 +381,8 @@ class SandboxPool:
             return list(threads.map(self.run, sources))
 
     def close(self) -> None:
-        self._closed = True
         with self._lock:
+            self._closed = True
             live = list(self._live)
             self._live.clear()
         for supervisor in live:

@@ -139,6 +139,8 @@ def remove_path(path: str) -> None:
 def clear_directory(path: str, owner: int | None = None) -> None:
     """Removes the entries of `path` (only those owned by `owner` when given)."""
     try:
+        if not os.listdir(path):
+            return
         entries = list(os.scandir(path))
     except OSError:
         return
@@ -421,7 +423,11 @@ def _kill_leftovers(state: dict, main_pid: int) -> bool:
 
 
 def _scrub(state: dict, scratch: str) -> None:
-    remove_path(scratch)
+    try:  # the common case: the program left only main.py
+        os.unlink(os.path.join(scratch, "main.py"))
+        os.rmdir(scratch)
+    except OSError:
+        remove_path(scratch)
     for directory in state["sweep_all"]:
         clear_directory(directory)
     for directory in state["sweep_owned"]:
@@ -464,8 +470,11 @@ def run_job(job: dict, state: dict) -> dict:
     poller = select.poll()
     for fd in captures:
         poller.register(fd, select.POLLIN)
-    pidfd = os.pidfd_open(pid)
-    poller.register(pidfd, select.POLLIN)
+    try:
+        pidfd = os.pidfd_open(pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):  # kernels before 5.3: poll the exit status instead
+        pidfd = -1
 
     deadline = start + float(job["timeout_s"])
     timed_out = False
@@ -484,11 +493,20 @@ def run_job(job: dict, state: dict) -> dict:
                     os.kill(pid, signal.SIGKILL)
                 _, status, rusage = os.wait4(pid, 0)
                 end = time.monotonic()
-                poller.unregister(pidfd)
+                if pidfd >= 0:
+                    poller.unregister(pidfd)
                 cleaned = _kill_leftovers(state, pid)
                 drain_deadline = time.monotonic() + DRAIN_AFTER_EXIT_S
                 continue
             wait_ms = max(1, int((deadline - now) * 1000) + 1)
+            if pidfd < 0:
+                done, status_now, usage = os.wait4(pid, os.WNOHANG)
+                if done:
+                    status, rusage, end = status_now, usage, time.monotonic()
+                    cleaned = _kill_leftovers(state, pid)
+                    drain_deadline = time.monotonic() + DRAIN_AFTER_EXIT_S
+                    continue
+                wait_ms = min(wait_ms, 5)
         else:
             if now >= drain_deadline:
                 break
@@ -507,7 +525,8 @@ def run_job(job: dict, state: dict) -> dict:
             else:
                 poller.unregister(fd)
                 open_fds.discard(fd)
-    os.close(pidfd)
+    if pidfd >= 0:
+        os.close(pidfd)
     for fd in captures:
         os.close(fd)
     _scrub(state, scratch)
