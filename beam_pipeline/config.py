@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from beam_pipeline.core.seeds import DEFAULT_MAX_FILE_BYTES
 
@@ -21,6 +22,8 @@ class SeedConfig:
     static_check: bool = False
     static_check_batch: int = 250
     max_seeds: int = 0  # 0: all; otherwise a deterministic sample by id
+    judge: bool = False  # the docstring quality judge (needs the model)
+    dedup_threshold: float = 0.5  # MinHash near-dedup of seeds; 0 turns it off
 
     def __post_init__(self) -> None:
         if self.parser not in PARSERS:
@@ -31,6 +34,47 @@ class SeedConfig:
             raise ConfigError("--static_check_batch must be positive")
         if self.max_seeds < 0:
             raise ConfigError("--max_seeds must be >= 0")
+        if not 0.0 <= self.dedup_threshold < 1.0:
+            raise ConfigError("--seed_dedup_threshold must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    timeout_s: float = 10.0
+    memory_mb: int = 4096
+    backend: str = "auto"
+    workers: int | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.memory_mb <= 0:
+            raise ConfigError("--exec_timeout_s and --exec_memory_mb must be positive")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("--exec_workers must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalConfig:
+    dedup_threshold: float = 0.7
+    num_perm: int = 250
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dedup_threshold < 1.0:
+            raise ConfigError("--final_dedup_threshold must be in [0, 1)")
+        if self.num_perm < 16:
+            raise ConfigError("--num_perm must be >= 16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecontamChoice:
+    """`benchmarks`: "auto", "none" or a comma-separated list; `paths`: benchmark -> file."""
+
+    benchmarks: str = "auto"
+    paths: dict[str, str | None] = dataclasses.field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.benchmarks != "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +85,10 @@ class RunConfig:
     to_stage: str = "final"
     num_shards: int = 0
     seeds: SeedConfig = dataclasses.field(default_factory=SeedConfig)
+    generation: Any = None  # stages.generation.GenerationConfig (validated there)
+    execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
+    final: FinalConfig = dataclasses.field(default_factory=FinalConfig)
+    decontam: DecontamChoice = dataclasses.field(default_factory=DecontamChoice)
 
     def __post_init__(self) -> None:
         for name in ("from_stage", "to_stage"):

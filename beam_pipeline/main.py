@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -10,15 +11,41 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipeline.config import ConfigError, RunConfig
+from beam_pipeline.config import STAGES, ConfigError, DecontamChoice, RunConfig
+from beam_pipeline.core.decontam import BENCHMARKS, BenchmarkItem, DecontamConfig
+from beam_pipeline.core.selection import code_representation
 from beam_pipeline.options import SelfCodeAlignOptions
-from beam_pipeline.records import Seed
+from beam_pipeline.records import Concepts, Execution, Instruction, Sample, Seed
 from beam_pipeline.report import collect_metrics, write_report
-from beam_pipeline.stages.common import Accounting, ReadJsonl, WriteJsonl, WriteStageOutputs
+from beam_pipeline.stages.common import (
+    Accounting,
+    ReadJsonl,
+    StageOutputs,
+    WriteJsonl,
+    WriteStageOutputs,
+    merge_outputs,
+)
+from beam_pipeline.stages.concepts import ExtractConcepts
+from beam_pipeline.stages.decontaminate import Decontaminate, load_benchmark_items
+from beam_pipeline.stages.dedup import NearDedup
+from beam_pipeline.stages.execute import DEFAULT_SANDBOX, ExecuteSamples
+from beam_pipeline.stages.instructions import GenerateInstructions
+from beam_pipeline.stages.judge import JudgeSeeds
 from beam_pipeline.stages.read import ReadSources
-from beam_pipeline.stages.seeds import ExtractSeeds
+from beam_pipeline.stages.responses import GenerateResponses
+from beam_pipeline.stages.seeds import ExtractSeeds, SampleSeeds
+from beam_pipeline.stages.select import SelectSamples
 
 log = logging.getLogger("beam_pipeline")
+
+# The record each stage writes, for restarting from its output.
+STAGE_RECORDS = {
+    "seeds": Seed,
+    "concepts": Concepts,
+    "instructions": Instruction,
+    "responses": Sample,
+    "execution": Execution,
+}
 
 
 def _runner(options: PipelineOptions) -> object | None:
@@ -32,28 +59,150 @@ def _runner(options: PipelineOptions) -> object | None:
     return None
 
 
-def build(pipeline: beam.Pipeline, config: RunConfig, accounting: Accounting) -> None:
+def benchmark_items(choice: DecontamChoice) -> list[BenchmarkItem]:
+    """Benchmark strings to decontaminate against. 'auto' skips, with a warning, every
+    benchmark but HumanEval whose file is not given and whose hub copy is unreachable."""
+    if not choice.enabled:
+        return []
+    paths = {f"{b}_path": choice.paths.get(b) for b in BENCHMARKS}
+    if choice.benchmarks != "auto":
+        names = tuple(b.strip() for b in choice.benchmarks.split(",") if b.strip())
+        return load_benchmark_items(DecontamConfig(benchmarks=names, **paths))
+    items: list[BenchmarkItem] = []
+    for name in BENCHMARKS:
+        if name != "humaneval" and not choice.paths.get(name):
+            log.warning(
+                "decontamination: no --decontam_%s_path; %s is skipped (the hub is not tried "
+                "in auto mode)",
+                name,
+                name,
+            )
+            continue
+        items.extend(load_benchmark_items(DecontamConfig(benchmarks=(name,), **paths)))
+    return items
+
+
+def instruction_and_response(record: object) -> str:
+    """Method.md §4: the benchmark strings are searched in instruction + response."""
+    return f"{record.instruction}\n{record.response}"  # type: ignore[attr-defined]
+
+
+def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
     out = config.output_dir
-    seeds = None
+    shards = config.num_shards
+    gen = config.generation
+    items = benchmark_items(config.decontam) if config.runs("seeds") or config.runs("final") else []
+
+    def write(stage: str, outputs: StageOutputs) -> None:
+        outputs | f"Write{stage.capitalize()}" >> WriteStageOutputs(out, stage, shards)
+        acct.count(outputs.main, stage, "out")
+
+    def restart(stage: str) -> beam.PCollection:
+        previous = STAGES[STAGES.index(stage) - 1]
+        return pipeline | f"Read{previous.capitalize()}" >> ReadJsonl(
+            f"{out}/{previous}", STAGE_RECORDS[previous]
+        )
+
+    current: beam.PCollection | None = None
     if config.runs("seeds"):
-        files = pipeline | "ReadSources" >> ReadSources(list(config.inputs), accounting)
+        files = pipeline | "ReadSources" >> ReadSources(list(config.inputs), acct)
         files.errors | "WriteReadErrors" >> WriteJsonl(f"{out}/errors/read", 1)
-        result = files.main | "ExtractSeeds" >> ExtractSeeds(config.seeds, accounting)
-        result | "WriteSeeds" >> WriteStageOutputs(out, "seeds", config.num_shards)
-        seeds = result.main
-    elif config.runs("concepts"):
-        seeds = pipeline | "ReadSeeds" >> ReadJsonl(f"{out}/seeds", Seed)
-    del seeds  # later stages consume it
+        steps = [files.main | "ExtractSeeds" >> ExtractSeeds(config.seeds, acct)]
+        if items:
+            steps.append(
+                steps[-1].main
+                | "DecontaminateSeeds"
+                >> Decontaminate("seeds.decontaminate", "seed", items=items, accounting=acct)
+            )
+        if config.seeds.dedup_threshold > 0:
+            steps.append(
+                steps[-1].main
+                | "NearDedupSeeds"
+                >> NearDedup(
+                    "seeds.near_dedup", "seed", config.seeds.dedup_threshold, accounting=acct
+                )
+            )
+        if config.seeds.max_seeds:
+            steps.append(
+                steps[-1].main | "SampleSeeds" >> SampleSeeds(config.seeds.max_seeds, acct)
+            )
+        if config.seeds.judge:
+            judged = steps[-1].main | "JudgeSeeds" >> JudgeSeeds(gen)
+            acct.count_stage("seeds.judge", steps[-1].main, judged)
+            steps.append(judged)
+        seeds = merge_outputs("AllSeedSteps", *steps)
+        write("seeds", seeds)
+        current = seeds.main
+
+    for stage, transform in (
+        ("concepts", ExtractConcepts),
+        ("instructions", GenerateInstructions),
+        ("responses", GenerateResponses),
+    ):
+        if not config.runs(stage):
+            continue
+        inputs = current if current is not None else restart(stage)
+        result = inputs | transform.__name__ >> transform(gen)
+        fan_out = gen.num_samples if stage == "responses" else 1
+        acct.count_stage(stage, inputs, result, fan_out)
+        write(stage, result)
+        current = result.main
+
+    if config.runs("execution"):
+        inputs = current if current is not None else restart("execution")
+        sandbox = dataclasses.replace(
+            DEFAULT_SANDBOX,
+            timeout_s=config.execution.timeout_s,
+            memory_mb=config.execution.memory_mb,
+            backend=config.execution.backend,
+        )
+        executed = inputs | "ExecuteSamples" >> ExecuteSamples(
+            sandbox, config.execution.workers, config.execution.cache_dir, accounting=acct
+        )
+        acct.count_by(
+            executed.main, "execution", lambda e: f"{e.category}/{e.difficulty}/{e.status}"
+        )
+        write("execution", executed)
+        current = executed.main
+
+    if config.runs("final"):
+        inputs = current if current is not None else restart("final")
+        steps = [inputs | "SelectSamples" >> SelectSamples(acct)]
+        if config.final.dedup_threshold > 0:
+            steps.append(
+                steps[-1].main
+                | "NearDedupFinal"
+                >> NearDedup(
+                    "final.near_dedup",
+                    ["instruction", "response", code_representation_of],
+                    config.final.dedup_threshold,
+                    config.final.num_perm,
+                    accounting=acct,
+                )
+            )
+        if items:
+            steps.append(
+                steps[-1].main
+                | "DecontaminateFinal"
+                >> Decontaminate(
+                    "final.decontaminate", instruction_and_response, items=items, accounting=acct
+                )
+            )
+        write("final", merge_outputs("AllFinalSteps", *steps))
+
+
+def code_representation_of(record: object) -> str:
+    return code_representation(record.response)  # type: ignore[attr-defined]
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
-    """Runs the pipeline; returns the report. Exit code 2 on bad options."""
+    """Runs the pipeline; returns the report. Exits with a message on bad options."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     options = SelfCodeAlignOptions(argv if argv is not None else sys.argv[1:])
     try:
         config = options.to_config()
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     accounting = Accounting()
     started = time.time()
@@ -76,11 +225,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         collect_metrics(result),
     )
     summary = {
-        k: {kk: vv for kk, vv in v.items() if kk != "rejected_by_reason"}
+        k: {kk: vv for kk, vv in v.items() if kk not in ("rejected_by_reason", "by_group")}
         for k, v in report["stages"].items()
     }
     log.info("stages: %s", json.dumps(summary))
     if not report["invariant_ok"]:
         log.error("accounting invariant violated: %s", "; ".join(report["problems"]))
-    log.info("report: %s/report.json", config.output_dir)
+    log.info("report: %s/report.json and report.html", config.output_dir)
     return report

@@ -6,8 +6,17 @@ from importlib import resources
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline.config import PARSERS, STAGES, RunConfig, SeedConfig
+from beam_pipeline.config import (
+    PARSERS,
+    STAGES,
+    DecontamChoice,
+    ExecutionConfig,
+    FinalConfig,
+    RunConfig,
+    SeedConfig,
+)
 from beam_pipeline.core.seeds import DEFAULT_MAX_FILE_BYTES
+from beam_pipeline.stages.generation import GenerationConfig
 
 
 def bundled_shard() -> str:
@@ -74,12 +83,147 @@ class SelfCodeAlignOptions(PipelineOptions):
             help="Seeds per Pyright run (a failed batch is bisected, never dropped).",
         )
 
+        gen = parser.add_argument_group("generation (method.md §2)")
+        gen.add_argument(
+            "--model",
+            default="smollm2",
+            help="Served model name when --model_server_url is given; otherwise "
+            "the model each worker serves itself: smollm2, qwen-coder-0.5b, a "
+            "prepared folder or a hub id.",
+        )
+        gen.add_argument(
+            "--model_server_url",
+            default=None,
+            help="An OpenAI-compatible server shared by all workers, e.g. "
+            "http://127.0.0.1:8000/v1. Without it each worker starts its own vLLM.",
+        )
+        gen.add_argument("--temperature", type=float, default=0.7)
+        gen.add_argument("--top_p", type=float, default=1.0)
+        gen.add_argument("--max_new_tokens", type=int, default=1536)
+        gen.add_argument(
+            "--num_samples",
+            type=int,
+            default=10,
+            help="Responses sampled per instruction (I->R n).",
+        )
+        gen.add_argument("--concepts_k", type=int, default=8, help="Few-shot examples for S->C.")
+        gen.add_argument("--instruction_k", type=int, default=8, help="Few-shot examples for C->I.")
+        gen.add_argument("--response_k", type=int, default=1, help="Few-shot examples for I->R.")
+        gen.add_argument(
+            "--judge_seeds",
+            action="store_true",
+            default=False,
+            help="Run the docstring quality judge on seeds (the same model).",
+        )
+        gen.add_argument("--judge_k", type=int, default=7)
+        gen.add_argument(
+            "--no_request_seeds",
+            action="store_true",
+            default=False,
+            help="Do not send the per-item sampler seed with requests.",
+        )
+        gen.add_argument(
+            "--max_in_flight", type=int, default=64, help="Concurrent requests per worker process."
+        )
+        gen.add_argument(
+            "--batch_size",
+            type=int,
+            default=16,
+            help="Records per batch handed to a model-calling DoFn.",
+        )
+        gen.add_argument("--request_timeout_s", type=float, default=900.0)
+        gen.add_argument("--max_retries", type=int, default=6)
+        gen.add_argument(
+            "--max_model_len", type=int, default=4096, help="Context window of a managed server."
+        )
+        gen.add_argument("--cpu_kvcache_gib", type=float, default=2.0)
+        gen.add_argument("--tensor_parallel_size", type=int, default=1)
+        gen.add_argument("--gpu_memory_utilization", type=float, default=None)
+        gen.add_argument("--max_num_seqs", type=int, default=None)
+
+        exe = parser.add_argument_group("execution (method.md §3)")
+        exe.add_argument("--exec_timeout_s", type=float, default=10.0)
+        exe.add_argument("--exec_memory_mb", type=int, default=4096)
+        exe.add_argument(
+            "--sandbox_backend",
+            choices=("auto", "bwrap", "rlimits"),
+            default="auto",
+            help="bwrap (namespaces) or rlimits (weaker; for hosts without user "
+            "namespaces); auto picks bwrap when it works.",
+        )
+        exe.add_argument(
+            "--exec_workers",
+            type=int,
+            default=None,
+            help="Sandbox supervisors per worker process (default: CPU count).",
+        )
+
+        sel = parser.add_argument_group("dedup, decontamination, cache (method.md §1, §4)")
+        sel.add_argument(
+            "--seed_dedup_threshold",
+            type=float,
+            default=0.5,
+            help="MinHash near-dedup threshold for seeds (0 turns it off).",
+        )
+        sel.add_argument(
+            "--final_dedup_threshold",
+            type=float,
+            default=0.7,
+            help="Near-dedup threshold for final pairs (instruction, response, "
+            "code), 0 turns it off.",
+        )
+        sel.add_argument("--num_perm", type=int, default=250)
+        sel.add_argument(
+            "--decontam_benchmarks",
+            default="auto",
+            help="Comma-separated of humaneval, mbpp, ds1000, gsm8k; 'auto': "
+            "HumanEval plus every other one whose file is given or whose hub "
+            "copy is reachable; 'none' turns decontamination off.",
+        )
+        sel.add_argument("--decontam_mbpp_path", default=None)
+        sel.add_argument("--decontam_humaneval_path", default=None)
+        sel.add_argument("--decontam_ds1000_path", default=None)
+        sel.add_argument("--decontam_gsm8k_path", default=None)
+        sel.add_argument(
+            "--cache_dir",
+            default=None,
+            help="Response and execution caches (any fsspec path). Default: "
+            "OUTPUT_DIR/_cache, so a rerun repeats no completed call.",
+        )
+        sel.add_argument("--no_cache", action="store_true", default=False)
+
     def to_config(self) -> RunConfig:
         opts = self.view_as(SelfCodeAlignOptions)
         inputs = tuple(opts.input) if opts.input else (bundled_shard(),)
+        output_dir = (opts.output_dir or "").rstrip("/")
+        cache_dir = None if opts.no_cache else (opts.cache_dir or f"{output_dir}/_cache")
+        generation = GenerationConfig(
+            model=opts.model,
+            model_server_url=opts.model_server_url,
+            temperature=opts.temperature,
+            top_p=opts.top_p,
+            max_new_tokens=opts.max_new_tokens,
+            num_samples=opts.num_samples,
+            concepts_k=opts.concepts_k,
+            instruction_k=opts.instruction_k,
+            response_k=opts.response_k,
+            judge_k=opts.judge_k,
+            request_seeds=not opts.no_request_seeds,
+            max_in_flight=opts.max_in_flight,
+            batch_size=opts.batch_size,
+            request_timeout_s=opts.request_timeout_s,
+            max_retries=opts.max_retries,
+            cache_dir=f"{cache_dir}/responses" if cache_dir else None,
+            max_model_len=opts.max_model_len,
+            cpu_kvcache_gib=opts.cpu_kvcache_gib,
+            tensor_parallel_size=opts.tensor_parallel_size,
+            gpu_memory_utilization=opts.gpu_memory_utilization,
+            max_num_seqs=opts.max_num_seqs,
+        )
+        benchmarks = opts.decontam_benchmarks.strip().lower()
         return RunConfig(
             inputs=inputs,
-            output_dir=(opts.output_dir or "").rstrip("/"),
+            output_dir=output_dir,
             from_stage=opts.from_stage,
             to_stage=opts.to_stage,
             num_shards=opts.num_shards,
@@ -89,5 +233,25 @@ class SelfCodeAlignOptions(PipelineOptions):
                 static_check=opts.static_check,
                 static_check_batch=opts.static_check_batch,
                 max_seeds=opts.max_seeds,
+                judge=opts.judge_seeds,
+                dedup_threshold=opts.seed_dedup_threshold,
+            ),
+            generation=generation,
+            execution=ExecutionConfig(
+                timeout_s=opts.exec_timeout_s,
+                memory_mb=opts.exec_memory_mb,
+                backend=opts.sandbox_backend,
+                workers=opts.exec_workers,
+                cache_dir=f"{cache_dir}/executions" if cache_dir else None,
+            ),
+            final=FinalConfig(dedup_threshold=opts.final_dedup_threshold, num_perm=opts.num_perm),
+            decontam=DecontamChoice(
+                benchmarks=benchmarks,
+                paths={
+                    "humaneval": opts.decontam_humaneval_path,
+                    "mbpp": opts.decontam_mbpp_path,
+                    "ds1000": opts.decontam_ds1000_path,
+                    "gsm8k": opts.decontam_gsm8k_path,
+                },
             ),
         )

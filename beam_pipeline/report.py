@@ -18,6 +18,10 @@ LINKS: tuple[tuple[str, str, str, str], ...] = (
     ("read", "out", "seeds.extract", "in"),
     ("seeds.extract", "functions", "seeds.filter", "in"),
     ("seeds.filter", "out", "seeds.exact_dedup", "in"),
+    ("seeds", "out", "concepts", "in"),
+    ("concepts", "out", "instructions", "in"),
+    ("responses", "out", "execution", "in"),
+    ("execution", "out", "final.format", "in"),
 )
 
 

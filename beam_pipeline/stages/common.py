@@ -107,8 +107,8 @@ def merge_outputs(label: str, *outputs: StageOutputs) -> StageOutputs:
 # Accounting
 
 
-def _key_count(key: str) -> beam.PTransform:
-    return beam.combiners.Count.Globally() | beam.Map(lambda n, k=key: (k, n))
+def _key_count(key: str, scale: int = 1) -> beam.PTransform:
+    return beam.combiners.Count.Globally() | beam.Map(lambda n, k=key, m=scale: (k, n * m))
 
 
 class Accounting:
@@ -117,10 +117,11 @@ class Accounting:
     def __init__(self) -> None:
         self._parts: list[beam.PCollection] = []
 
-    def count(self, pcoll: beam.PCollection, stage: str, what: str) -> None:
-        """Counts elements as `stage/what` (an explicit 0 for an empty PCollection)."""
+    def count(self, pcoll: beam.PCollection, stage: str, what: str, scale: int = 1) -> None:
+        """Counts elements as `stage/what` (an explicit 0 for an empty PCollection); `scale`
+        counts each element that many times (an instruction stands for its n samples)."""
         label = f"Count_{stage}_{what}".replace(".", "_")
-        self._parts.append(pcoll | label >> _key_count(f"{stage}/{what}"))
+        self._parts.append(pcoll | label >> _key_count(f"{stage}/{what}", scale))
 
     def count_rejections(self, pcoll: beam.PCollection, stage: str) -> None:
         """Counts `stage/rejected` and `stage/rejected/<reason>`."""
@@ -139,11 +140,15 @@ class Accounting:
             >> beam.Map(lambda r, s=stage, g=group: (f"{s}/by/{g(r)}", 1))
         )
 
-    def count_stage(self, stage: str, inputs: beam.PCollection, outputs: StageOutputs) -> None:
-        self.count(inputs, stage, "in")
+    def count_stage(
+        self, stage: str, inputs: beam.PCollection, outputs: StageOutputs, fan_out: int = 1
+    ) -> None:
+        """in/out/rejected/errors of a stage. With `fan_out` n, each input and each dead
+        letter stands for the n records the input would have produced."""
+        self.count(inputs, stage, "in", fan_out)
         self.count(outputs.main, stage, "out")
         self.count_rejections(outputs.rejected, stage)
-        self.count(outputs.errors, stage, "errors")
+        self.count(outputs.errors, stage, "errors", fan_out)
 
     def write(self, pipeline: beam.Pipeline, path_prefix: str) -> None:
         if not self._parts:

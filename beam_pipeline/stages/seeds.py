@@ -10,8 +10,9 @@ Steps and their report keys:
 - `static_check` (optional, `--static_check`): autoimport + Pyright in batches; reasons
   static_check_failed (detail: Pyright's first errors) and banned_import (an import autoimport
   added). A seed the checker cannot judge even alone is a dead letter.
-- `sample` (optional, `--max_seeds N`): keeps the N seeds with the smallest ids (a uniform,
-  deterministic sample, since ids are hashes); the rest are rejected as over_max_seeds.
+`SampleSeeds` (`--max_seeds N`, applied by the pipeline after every seed filter): keeps the N
+seeds with the smallest ids (a uniform, deterministic sample, since ids are hashes); the rest
+are rejected as over_max_seeds.
 All rejections go to `rejected/seeds/`, dead letters to `errors/seeds/`.
 """
 
@@ -144,6 +145,30 @@ class SampleSeedsFn(StageFn):
         yield from super().process((element, cutoff[0] if cutoff else None))
 
 
+class SampleSeeds(beam.PTransform):
+    """Keeps the `max_seeds` seeds with the smallest ids (uniform, since ids are hashes)."""
+
+    def __init__(self, max_seeds: int, accounting: Accounting | None = None) -> None:
+        super().__init__()
+        self.max_seeds = max_seeds
+        self.accounting = accounting
+
+    def expand(self, seeds: beam.PCollection) -> StageOutputs:
+        cutoff = (
+            seeds
+            | "Ids" >> beam.Map(lambda s: s.id)
+            | "SmallestIds" >> beam.combiners.Top.Smallest(self.max_seeds)
+            | "Cutoff" >> beam.FlatMap(lambda top: top[-1:])
+        )
+        sampled = seeds | "SampleSeeds" >> beam.ParDo(
+            SampleSeedsFn(STAGE), cutoff=beam.pvalue.AsList(cutoff)
+        ).with_outputs(REJECTED, ERRORS, main=MAIN)
+        outputs = StageOutputs(sampled[MAIN], sampled[REJECTED], sampled[ERRORS])
+        if self.accounting is not None:
+            self.accounting.count_stage("seeds.sample", seeds, outputs)
+        return outputs
+
+
 class ExtractSeeds(beam.PTransform):
     def __init__(self, config: SeedConfig, accounting: Accounting | None = None) -> None:
         super().__init__()
@@ -176,19 +201,4 @@ class ExtractSeeds(beam.PTransform):
             if acct is not None:
                 acct.count_stage("seeds.static_check", deduped.main, checked)
             steps.append(checked)
-        if self.config.max_seeds:
-            current = steps[-1].main
-            cutoff = (
-                current
-                | "Ids" >> beam.Map(lambda s: s.id)
-                | "SmallestIds" >> beam.combiners.Top.Smallest(self.config.max_seeds)
-                | "Cutoff" >> beam.FlatMap(lambda top: top[-1:])
-            )
-            sampled = current | "SampleSeeds" >> beam.ParDo(
-                SampleSeedsFn(STAGE), cutoff=beam.pvalue.AsList(cutoff)
-            ).with_outputs(REJECTED, ERRORS, main=MAIN)
-            sample = StageOutputs(sampled[MAIN], sampled[REJECTED], sampled[ERRORS])
-            if acct is not None:
-                acct.count_stage("seeds.sample", current, sample)
-            steps.append(sample)
         return merge_outputs("Seeds", *steps)
