@@ -28,6 +28,8 @@ class SandboxConfig:
     `memory_mb` caps the address space the program may add on top of the interpreter it starts
     in (for the fork server, on top of the pre-imported modules), per process.
     `max_processes` (RLIMIT_NPROC) counts processes and threads of the sandbox uid.
+    `preload` are the modules a pool's supervisors import once for all programs;
+    `light_preload` the subset its light tier holds (see SandboxPool).
     `python` is the interpreter that runs generated code; None picks one that an unprivileged
     uid can execute (see docs/sandbox.md). `site_packages` are extra directories put on the
     program's `sys.path` (read-only); None exposes the calling environment's site-packages
@@ -46,6 +48,7 @@ class SandboxConfig:
     python: str | None = None
     site_packages: tuple[str, ...] | None = None
     preload: tuple[str, ...] = ("numpy", "pandas")
+    light_preload: tuple[str, ...] = ("numpy",)
     uid_base: int = 1_000_000_000
     max_attempts: int = 3
     start_timeout_s: float = 60.0
@@ -70,8 +73,9 @@ class SandboxConfig:
             raise ValueError("uid_base must be in (0, 2**31)")
         if isinstance(self.site_packages, list):
             object.__setattr__(self, "site_packages", tuple(self.site_packages))
-        if isinstance(self.preload, list):
-            object.__setattr__(self, "preload", tuple(self.preload))
+        for name in ("preload", "light_preload"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def cpu_limit_s(self) -> int:

@@ -110,10 +110,10 @@ def sandbox_processes(uids: Iterable[int]) -> list[tuple[int, int]]:
 class Supervisor:
     """One supervisor process and its line protocol."""
 
-    def __init__(self, plan: Plan, config: SandboxConfig, *, preload: bool) -> None:
+    def __init__(self, plan: Plan, config: SandboxConfig, *, preload: tuple[str, ...] = ()) -> None:
         self.plan = plan
         self.config = config
-        self.preload = config.preload if preload else ()
+        self.preload = preload
         self.proc: subprocess.Popen | None = None
         self.uid: int | None = None
         self.ready: dict = {}
@@ -279,7 +279,7 @@ def run_program(
         return _error(str(exc), config.backend)
     result = _error("not run", plan.backend)
     for _attempt in range(config.max_attempts):
-        supervisor = Supervisor(plan, config, preload=False)
+        supervisor = Supervisor(plan, config)
         try:
             supervisor.start()
             result = supervisor.run(source, stdin)
@@ -292,8 +292,28 @@ def run_program(
     return result
 
 
+class _Tier:
+    """Supervisors of one pool that share a set of pre-imported modules."""
+
+    def __init__(self, preload: tuple[str, ...], size: int) -> None:
+        self.preload = preload
+        self.size = size
+        self.idle: queue.Queue[Supervisor | None] = queue.Queue()
+        self.started = False
+        self.lock = threading.Lock()
+
+
 class SandboxPool:
-    """Fork-server pool: `workers` supervisors, each forking a fresh child per program.
+    """Fork-server pool: supervisors that fork a fresh child per program.
+
+    Two tiers of `workers` supervisors each: the light tier pre-imports
+    `config.light_preload` (numpy) and runs every program that names none of the other
+    `config.preload` modules; the full tier pre-imports all of `config.preload` (numpy and
+    pandas) and runs the programs that name one of them. Forking an interpreter that holds
+    pandas and pyarrow costs several times more (page tables, copy-on-write, exit) than
+    forking one that holds numpy, and most programs never import pandas; a program that
+    imports it anyway (without naming it) still works, it imports it itself. The full tier
+    starts on first use. With `light_preload == preload` there is one tier.
 
     Thread-safe: any number of threads may call `run`; each call takes an idle supervisor.
     """
@@ -302,14 +322,15 @@ class SandboxPool:
         self.config = config
         self.workers = max(1, workers if workers is not None else os.cpu_count() or 1)
         self.plan = make_plan(config)  # raises SandboxUnavailable for an impossible backend
-        self._idle: queue.Queue[Supervisor | None] = queue.Queue()
         self._lock = threading.Lock()
         self._live: set[Supervisor] = set()
         self._uids: set[int] = set()
         self._closed = False
-        with concurrent.futures.ThreadPoolExecutor(self.workers) as starter:
-            for supervisor in starter.map(lambda _: self._try_start(), range(self.workers)):
-                self._idle.put(supervisor)
+        light = tuple(m for m in config.preload if m in config.light_preload)
+        self._heavy_names = tuple(m for m in config.preload if m not in light)
+        self._light = _Tier(light, self.workers)
+        self._full = _Tier(tuple(config.preload), self.workers) if self._heavy_names else None
+        self._start_tier(self._light)
 
     @property
     def backend(self) -> str:
@@ -321,10 +342,27 @@ class SandboxPool:
         with self._lock:
             return frozenset(self._uids)
 
-    def _try_start(self) -> Supervisor | None:
+    def _start_tier(self, tier: _Tier) -> None:
+        with tier.lock:
+            if tier.started:
+                return
+            with concurrent.futures.ThreadPoolExecutor(tier.size) as starter:
+                for supervisor in starter.map(
+                    lambda _: self._try_start(tier.preload), range(tier.size)
+                ):
+                    tier.idle.put(supervisor)
+            tier.started = True
+
+    def _tier_for(self, source: str) -> _Tier:
+        if self._full is not None and any(name in source for name in self._heavy_names):
+            self._start_tier(self._full)
+            return self._full
+        return self._light
+
+    def _try_start(self, preload: tuple[str, ...]) -> Supervisor | None:
         if self._closed:
             return None
-        supervisor = Supervisor(self.plan, self.config, preload=True)
+        supervisor = Supervisor(self.plan, self.config, preload=preload)
         try:
             supervisor.start()
         except SandboxFailure:
@@ -352,12 +390,13 @@ class SandboxPool:
         """Runs one program; `timeout_s` overrides the config's wall clock for this call."""
         if self._closed:
             raise RuntimeError("SandboxPool is closed")
-        supervisor = self._idle.get()
+        tier = self._tier_for(source)
+        supervisor = tier.idle.get()
         result = _error("not run", self.plan.backend)
         try:
             for _attempt in range(self.config.max_attempts):
                 if supervisor is None:
-                    supervisor = self._try_start()
+                    supervisor = self._try_start(tier.preload)
                     if supervisor is None:
                         result = _error("supervisor could not start", self.plan.backend)
                         continue
@@ -372,12 +411,14 @@ class SandboxPool:
                     return result
             return result
         finally:
-            self._idle.put(supervisor)
+            tier.idle.put(supervisor)
 
     def run_many(self, sources: Sequence[str]) -> list[ExecutionResult]:
         if not sources:
             return []
-        with concurrent.futures.ThreadPoolExecutor(min(self.workers, len(sources))) as threads:
+        tiers = 1 if self._full is None else 2
+        threads_wanted = min(self.workers * tiers, len(sources))
+        with concurrent.futures.ThreadPoolExecutor(threads_wanted) as threads:
             return list(threads.map(self.run, sources))
 
     def close(self) -> None:

@@ -197,5 +197,13 @@ def test_cli_run_prints_one_json_line(tmp_path: os.PathLike) -> None:
 
 def test_supervisor_forks_from_a_single_thread(pool: SandboxPool) -> None:
     """The fast fork path needs one thread; pandas' pyarrow would add a jemalloc thread."""
-    result = pool.run("import os\nprint(len(os.listdir(f'/proc/{os.getppid()}/task')))\n")
+    result = pool.run("import os, pandas\nprint(len(os.listdir(f'/proc/{os.getppid()}/task')))\n")
     assert result.passed and result.stdout == "1\n", result
+
+
+def test_programs_naming_pandas_run_where_pandas_is_loaded(pool: SandboxPool) -> None:
+    probe = "import sys\nprint(('pan' + 'das') in sys.modules, 'numpy' in sys.modules)\n"
+    assert pool.run(probe).stdout == "False True\n"  # light tier: numpy only
+    assert pool.run("# pandas\n" + probe).stdout == "True True\n"  # full tier
+    # A program that imports pandas without naming it still works, in the light tier.
+    assert pool.run("m = __import__('pan' + 'das')\nprint(m.Series([1, 2]).sum())\n").passed
