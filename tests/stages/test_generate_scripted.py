@@ -137,9 +137,13 @@ def test_samples_carry_every_field(server) -> None:
         assert_that(out.main | beam.Map(check), equal_to([True] * N))
 
 
-def _chain(pipeline: beam.Pipeline, seeds: list[Seed], cfg: GenerationConfig, out_dir: str):
-    judged = pipeline | beam.Create(seeds) | JudgeSeeds(cfg)
-    concepts = judged.main | ExtractConcepts(cfg)
+def _chain(
+    pipeline: beam.Pipeline, seeds: list[Seed], cfg: GenerationConfig, out_dir: str, gate: bool
+) -> None:
+    created = pipeline | beam.Create(seeds)
+    judged = created | JudgeSeeds(cfg)
+    # gate=False: the judge's verdicts are recorded but every seed goes on to S->C.
+    concepts = (judged.main if gate else created) | ExtractConcepts(cfg)
     instructions = concepts.main | GenerateInstructions(cfg)
     responses = instructions.main | GenerateResponses(cfg)
     named = {
@@ -167,9 +171,11 @@ def _read(out_dir: pathlib.Path) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda r: r["id"]) for k, v in result.items()}
 
 
-def run_chain(seeds: list[Seed], cfg: GenerationConfig, out_dir: pathlib.Path, argv) -> dict:
+def run_chain(
+    seeds: list[Seed], cfg: GenerationConfig, out_dir: pathlib.Path, argv, gate: bool = True
+) -> dict:
     with beam.Pipeline(options=PipelineOptions(argv)) as pipeline:
-        _chain(pipeline, seeds, cfg, str(out_dir))
+        _chain(pipeline, seeds, cfg, str(out_dir), gate)
     return _read(out_dir)
 
 

@@ -1,0 +1,73 @@
+"""The generation stages end to end on the real vLLM CPU server (SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import pytest
+
+from beam_pipeline.records import Seed
+from beam_pipeline.stages.generation import GenerationConfig
+from tests.conftest import FNAPI
+from tests.stages.test_generate_scripted import run_chain
+from tests.vllm_fixture import vllm_server  # noqa: F401 - the shared session fixture
+
+pytestmark = pytest.mark.vllm
+
+SEEDS = [
+    '''def mean(values):
+    """Return the arithmetic mean of a non-empty list of numbers."""
+    return sum(values) / len(values)''',
+    '''def word_counts(text):
+    """Return a dict mapping each lower-cased word of text to how often it occurs."""
+    counts = {}
+    for word in text.lower().split():
+        counts[word] = counts.get(word, 0) + 1
+    return counts''',
+    '''def flatten(nested):
+    """Return a flat list with the items of a list of lists, in order."""
+    return [item for inner in nested for item in inner]''',
+]
+
+
+def test_judge_concepts_instructions_responses_on_vllm(vllm_server, tmp_path) -> None:  # noqa: F811
+    seeds = [Seed(id=Seed.make_id(text), seed=text) for text in SEEDS]
+    cfg = GenerationConfig(
+        model=vllm_server.model_name,
+        model_server_url=vllm_server.base_url,
+        num_samples=2,
+        max_new_tokens=320,
+        max_in_flight=16,
+        request_timeout_s=600,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    # A 135M model is a poor judge (it tends to answer "no" to everything): record its
+    # verdicts, but send every seed on so the later stages have work.
+    out = run_chain(seeds, cfg, tmp_path / "run", FNAPI, gate=False)
+
+    def ids(key: str) -> list[str]:
+        return [r["id"] for r in out.get(key, [])]
+
+    # Every input of every stage ends exactly once as output, rejection or dead letter.
+    judged = ids("judge-main")
+    assert sorted(judged + ids("judge-rejected") + ids("judge-errors")) == sorted(
+        s.id for s in seeds
+    )
+    assert sorted(
+        ids("concepts-main") + ids("concepts-rejected") + ids("concepts-errors")
+    ) == sorted(judged)
+    concepts = ids("concepts-main")
+    assert sorted(
+        ids("instructions-main") + ids("instructions-rejected") + ids("instructions-errors")
+    ) == sorted(concepts)
+    instructions = ids("instructions-main")
+    sample_slots = sorted(f"{i}.{j}" for i in instructions for j in range(2))
+    assert sorted(ids("responses-main") + ids("responses-rejected")) == sorted(
+        s for s in sample_slots if s.split(".")[0] not in set(ids("responses-errors"))
+    )
+    for key in ("judge-errors", "concepts-errors", "instructions-errors", "responses-errors"):
+        assert ids(key) == [], out[key][:1]
+    # The model does produce usable concepts from a few-shot prompt.
+    assert concepts, out.get("concepts-rejected")
+    for row in out["concepts-main"]:
+        assert row["concepts"].strip() and row["concepts_prompt"].endswith("### Concepts")
+    for row in out.get("responses-main", []):
+        assert row["model"] == vllm_server.model_name and row["tests"]
