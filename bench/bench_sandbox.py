@@ -3,8 +3,12 @@
     .venv/bin/python bench/bench_sandbox.py [--workers 2] [--runs 600] [--repeats 5]
 
 All variants run the same trivial program with full isolation, `--workers` at a time, and are
-interleaved within each repeat so machine load hits them alike. Reported: median runs/s per
-variant and the ratio of the fork server to the per-process baselines.
+interleaved within each repeat so machine load hits them alike. Reported per variant, as the
+median over repeats: runs/s (wall clock), and CPU milliseconds per run summed over every
+process involved (this process, supervisors, bwrap, programs). CPU time comes from a cpuacct
+cgroup holding this process and everything it starts (root only). On a shared machine the
+wall clock depends on what else runs; CPU per run much less, and `cores / CPU per run` is the
+throughput the variant can reach on otherwise idle cores.
 
 - pool: `SandboxPool` with its defaults, `run_many`: the program names no pandas, so it runs
   in the light tier (numpy pre-imported).
@@ -26,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,27 +39,73 @@ from sandbox_image import SandboxConfig, SandboxPool, make_plan, run_program
 from sandbox_image.launch import bwrap_args
 
 PROGRAM = "assert sum(range(10)) == 45\n"
+PANDAS_PROGRAM = "# pandas\n" + PROGRAM
 
 
-def _rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("inf")
+class CpuAccount:
+    """CPU time of this process and every process it starts, orphans included.
+
+    A cgroup-v1 cpuacct group keeps counting processes that bwrap leaves to init, which
+    getrusage(RUSAGE_CHILDREN) cannot see. Needs root and a writable cpuacct hierarchy;
+    without them CPU is not reported.
+    """
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        try:
+            path = self.ROOT / f"sandbox-bench-{os.getpid()}"
+            path.mkdir()
+            (path / "cgroup.procs").write_text(str(os.getpid()))
+            self.path = path
+        except OSError as exc:
+            print(f"CPU accounting unavailable: {exc}")
+
+    def seconds(self) -> float:
+        if self.path is None:
+            return float("nan")
+        return int((self.path / "cpuacct.usage").read_text()) / 1e9
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        try:
+            (self.ROOT / "cgroup.procs").write_text(str(os.getpid()))
+            for _ in range(50):  # orphans reaped by init leave the group a moment later
+                try:
+                    self.path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        except OSError as exc:
+            print(f"could not remove {self.path}: {exc}")
 
 
-def bench_pool(pool: SandboxPool, runs: int, program: str = PROGRAM) -> float:
+def measure(run: Callable[[], None], runs: int, account: CpuAccount) -> tuple[float, float]:
+    """(runs/s, CPU ms per run) of one batch."""
+    cpu = account.seconds()
     start = time.perf_counter()
-    results = pool.run_many([program] * runs)
+    run()
     elapsed = time.perf_counter() - start
-    assert all(r.passed for r in results), {r.status for r in results}
-    return _rate(runs, elapsed)
+    cpu = account.seconds() - cpu
+    return runs / elapsed, cpu / runs * 1000
 
 
-def bench_parallel(job: object, runs: int, workers: int) -> float:
-    with concurrent.futures.ThreadPoolExecutor(workers) as threads:
-        start = time.perf_counter()
-        outcomes = list(threads.map(lambda _: job(), range(runs)))  # type: ignore[operator]
-        elapsed = time.perf_counter() - start
-    assert all(outcomes)
-    return _rate(runs, elapsed)
+def pool_batch(pool: SandboxPool, runs: int, program: str) -> Callable[[], None]:
+    def run() -> None:
+        results = pool.run_many([program] * runs)
+        assert all(r.passed for r in results), {r.status for r in results}
+
+    return run
+
+
+def parallel_batch(job: Callable[[], bool], runs: int, workers: int) -> Callable[[], None]:
+    def run() -> None:
+        with concurrent.futures.ThreadPoolExecutor(workers) as threads:
+            assert all(threads.map(lambda _: job(), range(runs)))
+
+    return run
 
 
 def main() -> int:
@@ -68,12 +119,12 @@ def main() -> int:
 
     config = SandboxConfig(backend=args.backend)
     plan = make_plan(config)
-    print(
-        f"machine: {os.cpu_count()} cpus, {platform.machine()}, python {platform.python_version()}"
-    )
+    cores = os.cpu_count() or 1
+    print(f"machine: {cores} cpus, {platform.machine()}, python {platform.python_version()}")
     print(f"sandbox: {plan.describe()}")
     print(f"load average before: {os.getloadavg()}")
 
+    account = CpuAccount()  # before any sandbox starts, so that all of them are counted
     started = time.perf_counter()
     pool = SandboxPool(config, workers=args.workers)
     pool_start = time.perf_counter() - started
@@ -93,34 +144,49 @@ def main() -> int:
         return subprocess.run(lean, capture_output=True, check=False).returncode == 0
 
     variants = {
-        "pool": lambda: bench_pool(pool, args.runs),
-        "pool-pandas": lambda: bench_pool(pool, args.runs, "# pandas\n" + PROGRAM),
-        "pool-bare": lambda: bench_pool(bare, args.runs),
-        "one-shot": lambda: bench_parallel(one_shot, args.process_runs, args.workers),
-        "bwrap-python": lambda: bench_parallel(bwrap_python, args.process_runs, args.workers),
+        "pool": (pool_batch(pool, args.runs, PROGRAM), args.runs),
+        "pool-pandas": (pool_batch(pool, args.runs, PANDAS_PROGRAM), args.runs),
+        "pool-bare": (pool_batch(bare, args.runs, PROGRAM), args.runs),
+        "one-shot": (parallel_batch(one_shot, args.process_runs, args.workers), args.process_runs),
+        "bwrap-python": (
+            parallel_batch(bwrap_python, args.process_runs, args.workers),
+            args.process_runs,
+        ),
     }
     if args.backend != "bwrap":
         del variants["bwrap-python"]
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
     try:
-        bench_pool(pool, 50)  # warm-up, and start the full tier
-        bench_pool(pool, 50, "# pandas\n" + PROGRAM)
+        pool_batch(pool, 50, PROGRAM)()  # warm-up; starts the full tier too
+        pool_batch(pool, 50, PANDAS_PROGRAM)()
+        pool_batch(bare, 50, PROGRAM)()
         for _ in range(args.repeats):
-            for name, measure in variants.items():
-                rates[name].append(measure())
+            for name, (run, runs) in variants.items():
+                rate, cpu = measure(run, runs, account)
+                rates[name].append(rate)
+                cpus[name].append(cpu)
     finally:
         pool.close()
         bare.close()
+        account.close()
     print(f"load average after: {os.getloadavg()}")
     print(f"pool start-up ({args.workers} supervisors, numpy): {pool_start:.2f} s")
     print(f"workers: {args.workers}  repeats: {args.repeats}  program: {PROGRAM.strip()!r}")
-    medians = {name: statistics.median(values) for name, values in rates.items()}
-    for name, values in rates.items():
-        runs = ", ".join(f"{v:.0f}" for v in values)
-        print(f"{name:13} {medians[name]:7.1f} runs/s   runs: [{runs}]")
+    header = f"{'variant':13} {'runs/s':>8} {'CPU ms/run':>11} {'idle-core capacity':>19}"
+    print(header + "  runs/s per repeat")
+    rate = {name: statistics.median(v) for name, v in rates.items()}
+    cpu = {name: statistics.median(v) for name, v in cpus.items()}
+    for name in variants:
+        per_repeat = ", ".join(f"{v:.0f}" for v in rates[name])
+        capacity = cores * 1000 / cpu[name]
+        print(f"{name:13} {rate[name]:8.1f} {cpu[name]:11.2f} {capacity:15.0f} /s  [{per_repeat}]")
     for baseline in ("one-shot", "bwrap-python"):
-        if baseline in medians:
-            print(f"ratio pool / {baseline}: {medians['pool'] / medians[baseline]:.1f}x")
+        if baseline in rate:
+            print(
+                f"pool / {baseline}: {rate['pool'] / rate[baseline]:.1f}x runs/s, "
+                f"{cpu[baseline] / cpu['pool']:.1f}x less CPU per run"
+            )
     return 0
 
 
