@@ -17,6 +17,8 @@ def _setup_logging(verbose: bool) -> None:
         format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP request drowns the evaluation's own log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _train(args: argparse.Namespace) -> int:

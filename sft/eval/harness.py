@@ -4,7 +4,8 @@ The generation prompt is the training template's prompt followed by a ```` ```py
 line, so a completion is code up to the closing fence. HumanEval: when the code defines the
 entry point it is placed after the problem's prompt (so helper functions and imports of the
 prompt stay available, and the model's definition wins); otherwise it is taken as the body of
-the prompt's function. MBPP: setup code, the completion, then the asserts.
+the prompt's function. MBPP: the completion, the problem's setup code (which builds objects
+from the solution's classes), then the asserts.
 Programs run only in `sandbox_image` (never `exec` in this process); pass means exit code 0.
 Sandbox infrastructure errors are retried and, if they persist, reported as such.
 """
@@ -51,7 +52,7 @@ def build_program(problem: Problem, completion: str) -> str:
         else:
             solution = problem.code_prompt + code
         return f"{solution}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
-    return f"{problem.test_setup}\n{code}\n\n{problem.test}\n"
+    return f"{code}\n{problem.test_setup}\n\n{problem.test}\n"
 
 
 @dataclass(frozen=True)

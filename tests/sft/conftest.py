@@ -35,6 +35,16 @@ def final_jsonl() -> Path:
     return FINAL_JSONL
 
 
+@pytest.fixture(scope="session")
+def pool() -> Iterator[Any]:
+    from sandbox_image import SandboxConfig, SandboxPool
+
+    # A generous limit: some reference solutions (MBPP/123) need seconds of CPU, and the CI
+    # machine may be busy; these tests are about correctness, not limits.
+    with SandboxPool(SandboxConfig(timeout_s=60.0), workers=2) as pool:
+        yield pool
+
+
 def make_recipe(
     model_dir: Path, output_dir: Path, data: dict[str, Any] | None = None, **training: Any
 ) -> Recipe:

@@ -72,5 +72,5 @@ def test_invalid_recipes_fail_with_a_clear_message(raw: dict, message: str) -> N
 def test_malformed_overrides_are_refused(tmp_path: Path, item: str) -> None:
     path = tmp_path / "r.yaml"
     path.write_text("model: {name_or_path: m}\ndata: {path: d}\ntraining: {output_dir: o}\n")
-    with pytest.raises(ValueError, match="section.key=value"):
+    with pytest.raises(ValueError, match=r"section\.key=value"):
         load_recipe(path, [item])

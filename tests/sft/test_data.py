@@ -6,6 +6,7 @@ import gzip
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -20,7 +21,7 @@ FIXTURE_ROWS = FINAL_JSONL.read_text().splitlines()
 
 
 @pytest.fixture(scope="module")
-def tokenizer():  # noqa: ANN201
+def tokenizer() -> Any:
     return build_tokenizer("byte-bpe")
 
 
@@ -32,14 +33,14 @@ def test_the_fixture_has_the_final_record_fields() -> None:
         assert record.instruction and record.response and record.tests and record.sha1
 
 
-def test_local_jsonl(tokenizer) -> None:  # noqa: ANN001
+def test_local_jsonl(tokenizer: Any) -> None:
     dataset = build_dataset(DataConfig(path=str(FINAL_JSONL)), tokenizer)
     assert len(dataset.examples) == len(FIXTURE_ROWS) == dataset.stats.records
     assert [e.record_id for e in dataset.examples] == [json.loads(r)["id"] for r in FIXTURE_ROWS]
     assert not dataset.rejected
 
 
-def test_gzip_and_glob_over_several_shards(tokenizer, tmp_path: Path) -> None:  # noqa: ANN001
+def test_gzip_and_glob_over_several_shards(tokenizer: Any, tmp_path: Path) -> None:
     half = len(FIXTURE_ROWS) // 2
     (tmp_path / "final-00000-of-00002.jsonl").write_text("\n".join(FIXTURE_ROWS[:half]) + "\n")
     with gzip.open(tmp_path / "final-00001-of-00002.jsonl.gz", "wt") as handle:
@@ -48,7 +49,7 @@ def test_gzip_and_glob_over_several_shards(tokenizer, tmp_path: Path) -> None:  
     assert len(dataset.examples) == len(FIXTURE_ROWS)
 
 
-def test_fsspec_urls_are_read(tokenizer) -> None:  # noqa: ANN001
+def test_fsspec_urls_are_read(tokenizer: Any) -> None:
     # memory:// goes through the same fsspec code path as gs:// and hf://.
     with fsspec.open("memory://sft-test/final.jsonl", "w") as handle:
         handle.write("\n".join(FIXTURE_ROWS[:3]) + "\n")
@@ -56,7 +57,7 @@ def test_fsspec_urls_are_read(tokenizer) -> None:  # noqa: ANN001
     assert len(dataset.examples) == 3
 
 
-def test_a_local_dataset_through_the_hub_loader(tokenizer, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_local_dataset_through_the_hub_loader(tokenizer: Any, tmp_path: Path) -> None:
     folder = tmp_path / "ds"
     folder.mkdir()
     shutil.copy(FINAL_JSONL, folder / "train.jsonl")
@@ -64,7 +65,7 @@ def test_a_local_dataset_through_the_hub_loader(tokenizer, tmp_path: Path) -> No
     assert len(dataset.examples) == len(FIXTURE_ROWS)
 
 
-def test_missing_files_are_a_clear_error(tokenizer, tmp_path: Path) -> None:  # noqa: ANN001
+def test_missing_files_are_a_clear_error(tokenizer: Any, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no data files"):
         build_dataset(DataConfig(path=str(tmp_path / "nothing-*.jsonl")), tokenizer)
 
@@ -87,7 +88,7 @@ def test_each_bad_record_has_its_reason(line: str, reason: RejectReason) -> None
     assert item.source == "f:1"
 
 
-def test_bad_records_are_kept_out_counted_and_reported(tokenizer, tmp_path: Path) -> None:  # noqa: ANN001
+def test_bad_records_are_kept_out_counted_and_reported(tokenizer: Any, tmp_path: Path) -> None:
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join([FIXTURE_ROWS[0], *BAD_LINES, "", FIXTURE_ROWS[1]]) + "\n")
     dataset = build_dataset(DataConfig(path=str(path)), tokenizer)
@@ -100,14 +101,14 @@ def test_bad_records_are_kept_out_counted_and_reported(tokenizer, tmp_path: Path
         assert row["source"].startswith(str(path)) and row["raw"]
 
 
-def test_no_usable_record_is_an_error_not_an_empty_run(tokenizer, tmp_path: Path) -> None:  # noqa: ANN001
+def test_no_usable_record_is_an_error_not_an_empty_run(tokenizer: Any, tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("{oops\n")
     with pytest.raises(ValueError, match="no usable training examples"):
         build_dataset(DataConfig(path=str(path)), tokenizer)
 
 
-def test_limit_and_custom_field_names(tokenizer, tmp_path: Path) -> None:  # noqa: ANN001
+def test_limit_and_custom_field_names(tokenizer: Any, tmp_path: Path) -> None:
     path = tmp_path / "renamed.jsonl"
     rows = [json.loads(r) for r in FIXTURE_ROWS]
     path.write_text(

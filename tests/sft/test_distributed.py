@@ -41,8 +41,18 @@ def _torchrun(model_dir: Path, out: Path, strategy: str, extra: list[str]) -> li
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "sft", "train", "--config", str(recipe), *extra,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sft",
+        "train",
+        "--config",
+        str(recipe),
+        *extra,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -56,13 +66,17 @@ def single_losses(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return train(make_recipe(tiny_model_dir, out, **SETTINGS)).losses
 
 
-def test_ddp_matches_one_process(tiny_model_dir: Path, tmp_path: Path, single_losses) -> None:  # noqa: ANN001
+def test_ddp_matches_one_process(
+    tiny_model_dir: Path, tmp_path: Path, single_losses: list[float]
+) -> None:
     losses = _torchrun(tiny_model_dir, tmp_path / "ddp", "ddp", [])
     assert losses == pytest.approx(single_losses, abs=1e-5)
     assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
 
 
-def test_fsdp_matches_one_process(tiny_model_dir: Path, tmp_path: Path, single_losses) -> None:  # noqa: ANN001
+def test_fsdp_matches_one_process(
+    tiny_model_dir: Path, tmp_path: Path, single_losses: list[float]
+) -> None:
     out = tmp_path / "fsdp"
     losses = _torchrun(tiny_model_dir, out, "fsdp", [])
     assert losses == pytest.approx(single_losses, abs=1e-5)
@@ -76,7 +90,7 @@ def test_fsdp_matches_one_process(tiny_model_dir: Path, tmp_path: Path, single_l
 
 @pytest.mark.slow
 def test_fsdp_resume_matches_one_process(
-    tiny_model_dir: Path, tmp_path: Path, single_losses  # noqa: ANN001
+    tiny_model_dir: Path, tmp_path: Path, single_losses: list[float]
 ) -> None:
     out = tmp_path / "fsdp"
     _torchrun(tiny_model_dir, out, "fsdp", ["--set", "training.stop_after_steps=3"])

@@ -33,11 +33,15 @@ EDGE_RESPONSES = {
 @pytest.fixture(scope="module")
 def tokenizers() -> dict[str, Any]:
     built = {kind: build_tokenizer(kind) for kind in TOKENIZER_KINDS}
-    smollm2 = REPO / "models" / "smollm2"
-    if (smollm2 / "tokenizer.json").is_file():
-        from transformers import AutoTokenizer
+    from model_server.prepare import default_model_dir
 
-        built["smollm2"] = AutoTokenizer.from_pretrained(smollm2)
+    # The real SmolLM2 tokenizer, when a prepared folder is at hand (the vLLM tests make one).
+    for folder in (REPO / "models" / "smollm2", default_model_dir("smollm2")):
+        if (folder / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            built["smollm2"] = AutoTokenizer.from_pretrained(folder)
+            break
     return built
 
 
@@ -47,7 +51,7 @@ def _kinds() -> list[str]:
 
 def _tokenizer(tokenizers: dict[str, Any], kind: str) -> Any:
     if kind not in tokenizers:
-        pytest.skip("models/smollm2 has not been prepared in this checkout")
+        pytest.skip("no prepared SmolLM2 folder (python -m model_server prepare --model smollm2)")
     return tokenizers[kind]
 
 

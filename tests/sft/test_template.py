@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sft.template import DEFAULT_SYSTEM, build_example, build_prompt, chat_template
@@ -16,21 +18,21 @@ def test_prompt_has_one_system_sentence_and_both_headers() -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():  # noqa: ANN201
+def tokenizer() -> Any:
     tokenizer = build_tokenizer("byte-bpe-bos")
     tokenizer.chat_template = chat_template()
     return tokenizer
 
 
 @pytest.mark.parametrize("instruction", ["Sort a list.", "  padded\n\n", "multi\nline\n  text"])
-def test_generation_prompt_equals_the_training_prompt(tokenizer, instruction: str) -> None:  # noqa: ANN001
+def test_generation_prompt_equals_the_training_prompt(tokenizer: Any, instruction: str) -> None:
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
     )
     assert rendered == build_prompt(instruction)
 
 
-def test_a_conversation_renders_as_training_examples_with_eos(tokenizer) -> None:  # noqa: ANN001
+def test_a_conversation_renders_as_training_examples_with_eos(tokenizer: Any) -> None:
     messages = [
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "one"},
@@ -41,7 +43,7 @@ def test_a_conversation_renders_as_training_examples_with_eos(tokenizer) -> None
     assert rendered == first + "\n\n### Instruction\nsecond\n\n### Response\n"
 
 
-def test_a_system_message_replaces_the_default_sentence(tokenizer) -> None:  # noqa: ANN001
+def test_a_system_message_replaces_the_default_sentence(tokenizer: Any) -> None:
     messages = [
         {"role": "system", "content": "You answer in haiku."},
         {"role": "user", "content": "Sort a list."},
