@@ -93,9 +93,10 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
     gen = config.generation
     items = benchmark_items(config.decontam) if config.runs("seeds") or config.runs("final") else []
 
-    def write(stage: str, outputs: StageOutputs) -> None:
+    def write(stage: str, outputs: StageOutputs, count_out: bool = False) -> None:
         outputs | f"Write{stage.capitalize()}" >> WriteStageOutputs(out, stage, shards)
-        acct.count(outputs.main, stage, "out")
+        if count_out:  # composite stages count their steps; their total output counts here
+            acct.count(outputs.main, stage, "out")
 
     def restart(stage: str) -> beam.PCollection:
         previous = STAGES[STAGES.index(stage) - 1]
@@ -131,7 +132,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
             acct.count_stage("seeds.judge", steps[-1].main, judged)
             steps.append(judged)
         seeds = merge_outputs("AllSeedSteps", *steps)
-        write("seeds", seeds)
+        write("seeds", seeds, count_out=True)
         current = seeds.main
 
     for stage, transform in (
@@ -188,7 +189,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
                     "final.decontaminate", instruction_and_response, items=items, accounting=acct
                 )
             )
-        write("final", merge_outputs("AllFinalSteps", *steps))
+        write("final", merge_outputs("AllFinalSteps", *steps), count_out=True)
 
 
 def code_representation_of(record: object) -> str:

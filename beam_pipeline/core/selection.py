@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import re
 from enum import StrEnum
+
+from beam_pipeline.core.program import PYTHON_TAGS, fenced_blocks
 
 SHUFFLE_SEED = 6666
 MAX_INSTRUCTION_WORDS = 200
@@ -25,7 +26,6 @@ PLACEHOLDERS = (
     "insert your code",
     "notimplemented",
 )
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
 
 class SelectReason(StrEnum):
@@ -42,12 +42,8 @@ class SelectReason(StrEnum):
 
 
 def python_blocks(markdown: str) -> list[str]:
-    """Fenced blocks tagged python/py or untagged."""
-    return [
-        body.strip("\n")
-        for lang, body in _FENCE.findall(markdown)
-        if lang.lower() in ("", "python", "py", "python3")
-    ]
+    """Fenced blocks tagged python/py or untagged (the blocks execution runs)."""
+    return [body for tag, body in fenced_blocks(markdown) if tag in PYTHON_TAGS]
 
 
 def _only_definitions(code: str) -> bool:
