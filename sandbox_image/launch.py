@@ -266,6 +266,8 @@ def bwrap_args(
         size,
         "--tmpfs",
         "/dev/shm",
+        "--mqueue",
+        "/dev/mqueue",
         "--perms",
         "1777",
         "--size",
@@ -326,10 +328,11 @@ class Plan:
 
     def init_message(self, uid: int | None, scratch_root: str, preload: tuple[str, ...]) -> dict:
         if self.backend == "bwrap":
-            cleanup, sweep_all, sweep_owned = "pidns", ["/tmp", "/dev/shm"], []
+            cleanup, sweep_all, sweep_owned = "pidns", ["/tmp", "/dev/shm", "/dev/mqueue"], []
         elif uid is not None:
             cleanup, sweep_all = "uid", []
-            sweep_owned = [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d)]
+            shared = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
+            sweep_owned = [d for d in shared if os.path.isdir(d)]
         else:
             cleanup, sweep_all, sweep_owned = "pgroup", [], []
         return {
@@ -338,6 +341,7 @@ class Plan:
             "cleanup": cleanup,
             "sweep_all": sweep_all,
             "sweep_owned": sweep_owned,
+            "private_ipc": self.backend == "bwrap",  # its own IPC namespace per supervisor
             "site_dirs": list(self.interpreter.site_dirs),
             "preload": list(preload),
             "env": dict(PROGRAM_ENV),

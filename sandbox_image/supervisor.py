@@ -154,6 +154,68 @@ def clear_directory(path: str, owner: int | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# System V IPC objects outlive their creator: one program could hand data to the next
+
+
+_IPC_KINDS = {"shm": "shmid", "msg": "msqid", "sem": "semid"}
+IPC_RMID = 0
+
+
+def ipc_objects(uid: int | None) -> list[tuple[str, int]]:
+    """(kind, id) of the SysV IPC objects owned by `uid` (all of them when None)."""
+    found = []
+    for kind, id_column in _IPC_KINDS.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}", encoding="ascii") as handle:
+                header = handle.readline().split()
+                rows = [line.split() for line in handle if line.strip()]
+        except OSError:
+            continue
+        if id_column not in header or "uid" not in header:
+            continue
+        id_at, uid_at = header.index(id_column), header.index("uid")
+        for row in rows:
+            if uid is None or int(row[uid_at]) == uid:
+                found.append((kind, int(row[id_at])))
+    return found
+
+
+def _remove_ipc(objects: list[tuple[str, int]]) -> None:
+    for kind, ident in objects:
+        if kind == "shm":
+            _libc.shmctl(ident, IPC_RMID, None)
+        elif kind == "msg":
+            _libc.msgctl(ident, IPC_RMID, None)
+        else:
+            _libc.semctl(ident, 0, IPC_RMID)
+
+
+def _clear_ipc(state: dict) -> None:
+    """Removes the sandbox uid's IPC objects (as that uid: only an owner may remove them)."""
+    uid = state["uid"]
+    if uid is not None:
+        objects = ipc_objects(uid)
+    elif state["private_ipc"]:
+        objects = ipc_objects(None)
+    else:
+        return  # rlimits backend without root: the program's objects look like the caller's
+    if not objects:
+        return
+    if uid is None:
+        _remove_ipc(objects)
+        return
+    helper = os.fork()
+    if helper == 0:
+        try:
+            _drop_privileges(uid)
+            _remove_ipc(objects)
+        finally:
+            os._exit(0)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(helper, 0)
+
+
+# ---------------------------------------------------------------------------------------------
 # Forking
 
 
@@ -423,6 +485,7 @@ def _kill_leftovers(state: dict, main_pid: int) -> bool:
 
 
 def _scrub(state: dict, scratch: str) -> None:
+    _clear_ipc(state)
     try:  # the common case: the program left only main.py
         os.unlink(os.path.join(scratch, "main.py"))
         os.rmdir(scratch)
@@ -574,6 +637,7 @@ def setup(init: dict) -> dict:
         "cleanup": init.get("cleanup", "pgroup"),
         "sweep_all": list(init.get("sweep_all", ())),
         "sweep_owned": list(init.get("sweep_owned", ())),
+        "private_ipc": bool(init.get("private_ipc", False)),
         "env": dict(init.get("env", {})),
     }
     _prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -21,6 +21,8 @@ CANARY_ENV = "SANDBOX_TEST_CANARY"
 
 # Small limits keep the corpus quick; the wall clock is overridden per case where needed.
 TEST_CONFIG = SandboxConfig(timeout_s=2.0, memory_mb=512, max_processes=64)
+# Ordinary programs must never time out because a shared machine is busy.
+ORDINARY_TIMEOUT_S = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +103,18 @@ def ordinary_program(backend: str) -> str:
     lines = [
         "import os",
         "assert sorted(os.listdir('.')) == ['main.py'], os.listdir('.')",
+        # No System V IPC object of this uid is left by an earlier program.
+        "for kind in ('shm', 'msg', 'sem'):",
+        "    with open('/proc/sysvipc/' + kind) as handle:",
+        "        header = handle.readline().split()",
+        "        uids = [int(row.split()[header.index('uid')]) for row in handle if row.strip()]",
+        "    assert os.getuid() not in uids, (kind, uids)",
     ]
     if backend == "bwrap":  # private /tmp and /dev/shm: both must be empty again
         lines += [
             "assert os.listdir('/tmp') == [], os.listdir('/tmp')",
             "assert os.listdir('/dev/shm') == [], os.listdir('/dev/shm')",
+            "assert os.listdir('/dev/mqueue') == [], os.listdir('/dev/mqueue')",
         ]
     lines.append("print('ordinary ok')")
     return "\n".join(lines) + "\n"

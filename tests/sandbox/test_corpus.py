@@ -22,6 +22,7 @@ from sandbox_image.executor import sandbox_processes
 from tests.sandbox.conftest import (
     BACKENDS,
     CANARY_ENV,
+    ORDINARY_TIMEOUT_S,
     TEST_CONFIG,
     Canary,
     Listener,
@@ -190,6 +191,23 @@ CASES = [
         check=_check_network,
     ),
     Case(
+        "leaves_ipc_objects",
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "IPC_CREAT = 0o1000\n"
+        "shm = libc.shmget(0x5A17, 4096, IPC_CREAT | 0o666)\n"
+        "msg = libc.msgget(0x5A18, IPC_CREAT | 0o666)\n"
+        "sem = libc.semget(0x5A19, 1, IPC_CREAT | 0o666)\n"
+        "assert min(shm, msg, sem) >= 0, ctypes.get_errno()\n"
+        "libc.shmat.restype = ctypes.c_void_p\n"
+        "address = libc.shmat(shm, None, 0)\n"
+        "ctypes.memmove(address, b'left for the next program', 25)\n"
+        "with open('/dev/shm/left', 'w') as handle:\n"
+        "    handle.write('x')\n"
+        "print('left', shm, msg, sem)\n",
+        "passed",
+    ),
+    Case(
         "kills_its_parent",
         "import os, signal\n"
         "for target in (os.getppid(), 1, -1):\n"
@@ -277,7 +295,7 @@ def test_hostile_program_in_pool(
     _assert_contained(case, result, ctx, before)
     # The same supervisor (a pool of one) still runs, and the next program sees a clean slate.
     assert supervisor_pids({backend: pool}) == supervisors
-    after = pool.run(ordinary_program(backend))
+    after = pool.run(ordinary_program(backend), timeout_s=ORDINARY_TIMEOUT_S)
     assert after.passed, after
     assert not stray_children(pools)
 
@@ -323,7 +341,8 @@ def test_hostile_program_one_shot(
     ctx.uids = frozenset({int(found.group(1))})
     _assert_contained(case, result, ctx, before)
     assert not stray_children(pools), "a sandbox process of a one-shot run is still alive"
-    after = run_program(ordinary_program(backend), TEST_CONFIG.replace(backend=backend))
+    relaxed = TEST_CONFIG.replace(backend=backend, timeout_s=ORDINARY_TIMEOUT_S)
+    after = run_program(ordinary_program(backend), relaxed)
     assert after.passed, after
 
 
@@ -338,5 +357,6 @@ def test_rlimits_backend_does_not_isolate_the_network(listener: Listener, canary
         f"socket.create_connection(('127.0.0.1', {listener.port}), timeout=2).close()\n"
         "print('connected')\n"
     )
-    result = run_program(source, TEST_CONFIG.replace(backend="rlimits"))
+    relaxed = TEST_CONFIG.replace(backend="rlimits", timeout_s=ORDINARY_TIMEOUT_S)
+    result = run_program(source, relaxed)
     assert result.passed and "connected" in result.stdout, result

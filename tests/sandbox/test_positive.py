@@ -11,7 +11,9 @@ import threading
 import pytest
 
 from sandbox_image import SandboxConfig, SandboxPool, SandboxUnavailable, run_program
-from tests.sandbox.conftest import TEST_CONFIG, backend_available
+from tests.sandbox.conftest import ORDINARY_TIMEOUT_S, TEST_CONFIG, backend_available
+
+RELAXED = TEST_CONFIG.replace(timeout_s=ORDINARY_TIMEOUT_S)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -67,7 +69,7 @@ PROGRAMS = {
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_ordinary_program_in_pool(name: str, pool: SandboxPool) -> None:
     source, status = PROGRAMS[name]
-    result = pool.run(source)
+    result = pool.run(source, timeout_s=ORDINARY_TIMEOUT_S)
     assert result.status == status, result
     if name == "joins_non_daemon_threads":
         assert result.stdout == "late\n"
@@ -82,15 +84,15 @@ def test_ordinary_program_in_pool(name: str, pool: SandboxPool) -> None:
 @pytest.mark.parametrize("name", ["numpy", "unittest_pass", "unittest_fail", "multiprocessing"])
 def test_ordinary_program_one_shot(name: str, backend: str) -> None:
     source, status = PROGRAMS[name]
-    result = run_program(source, TEST_CONFIG.replace(backend=backend))
+    result = run_program(source, RELAXED.replace(backend=backend))
     assert result.status == status, result
     assert result.backend == backend
 
 
 def test_exit_code_and_traceback(pool: SandboxPool) -> None:
-    result = pool.run("import sys\nprint('out')\nsys.exit(3)\n")
+    result = pool.run("import sys\nprint('out')\nsys.exit(3)\n", timeout_s=ORDINARY_TIMEOUT_S)
     assert (result.status, result.exit_code, result.stdout) == ("failed", 3, "out\n")
-    result = pool.run("x = 1\nraise ValueError('boom')\n")
+    result = pool.run("x = 1\nraise ValueError('boom')\n", timeout_s=ORDINARY_TIMEOUT_S)
     assert result.exit_code == 1
     # The traceback starts in the program, as it would natively.
     assert result.stderr.startswith("Traceback (most recent call last):\n  File ")
@@ -101,19 +103,22 @@ def test_exit_code_and_traceback(pool: SandboxPool) -> None:
 
 def test_stdin_is_passed(pool: SandboxPool, backend: str) -> None:
     source = "a, b = map(int, input().split())\nprint(a + b)\n"
-    assert pool.run(source, stdin="2 3\n").stdout == "5\n"
-    one_shot = run_program(source, TEST_CONFIG.replace(backend=backend), stdin="4 5\n")
+    assert pool.run(source, stdin="2 3\n", timeout_s=ORDINARY_TIMEOUT_S).stdout == "5\n"
+    one_shot = run_program(source, RELAXED.replace(backend=backend), stdin="4 5\n")
     assert one_shot.stdout == "9\n"
 
 
 def test_undecodable_output_is_replaced(pool: SandboxPool) -> None:
-    result = pool.run("import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe end')\n")
+    result = pool.run(
+        "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe end')\n", timeout_s=ORDINARY_TIMEOUT_S
+    )
     assert result.passed and result.stdout == "ok \ufffd\ufffd end"
 
 
 def test_each_program_gets_fresh_randomness(pool: SandboxPool) -> None:
     source = "import random, numpy\nprint(random.random(), numpy.random.rand())\n"
-    first, second = pool.run(source).stdout, pool.run(source).stdout
+    first = pool.run(source, timeout_s=ORDINARY_TIMEOUT_S).stdout
+    second = pool.run(source, timeout_s=ORDINARY_TIMEOUT_S).stdout
     assert first and second and first != second
     a1, n1 = first.split()
     a2, n2 = second.split()
@@ -122,20 +127,22 @@ def test_each_program_gets_fresh_randomness(pool: SandboxPool) -> None:
 
 def test_state_does_not_leak_between_programs(pool: SandboxPool) -> None:
     first = pool.run(
-        "import os, sys, json\njson.dumps = None\nsys.modules['leak'] = 1\n"
-        "os.environ['LEAK'] = '1'\nopen('/tmp/leak', 'w').write('1')\n"
+        timeout_s=ORDINARY_TIMEOUT_S,
+        source="import os, sys, json\njson.dumps = None\nsys.modules['leak'] = 1\n"
+        "os.environ['LEAK'] = '1'\nopen('/tmp/leak', 'w').write('1')\n",
     )
     assert first.passed, first
     second = pool.run(
-        "import os, sys, json\nassert json.dumps({}) == '{}'\nassert 'leak' not in sys.modules\n"
-        "assert 'LEAK' not in os.environ\n"
-        "assert not os.path.exists('/tmp/leak') or os.stat('/tmp/leak').st_uid != os.getuid()\n"
+        timeout_s=ORDINARY_TIMEOUT_S,
+        source="import os, sys, json\nassert json.dumps({}) == '{}'\n"
+        "assert 'leak' not in sys.modules\nassert 'LEAK' not in os.environ\n"
+        "assert not os.path.exists('/tmp/leak') or os.stat('/tmp/leak').st_uid != os.getuid()\n",
     )
     assert second.passed, second
 
 
 def test_run_many_keeps_order_and_is_thread_safe(backend: str) -> None:
-    config = TEST_CONFIG.replace(backend=backend, preload=())
+    config = RELAXED.replace(backend=backend, preload=())
     with SandboxPool(config, workers=2) as pool:
         sources = [f"print({i} * 2)" for i in range(40)]
         results = pool.run_many(sources)
@@ -154,7 +161,7 @@ def test_run_many_keeps_order_and_is_thread_safe(backend: str) -> None:
 
 
 def test_pool_replaces_a_dead_supervisor(backend: str) -> None:
-    config = TEST_CONFIG.replace(backend=backend, preload=())
+    config = RELAXED.replace(backend=backend, preload=())
     with SandboxPool(config, workers=1) as pool:
         assert pool.run("print(1)").passed
         (supervisor,) = list(pool._live)
@@ -197,13 +204,23 @@ def test_cli_run_prints_one_json_line(tmp_path: os.PathLike) -> None:
 
 def test_supervisor_forks_from_a_single_thread(pool: SandboxPool) -> None:
     """The fast fork path needs one thread; pandas' pyarrow would add a jemalloc thread."""
-    result = pool.run("import os, pandas\nprint(len(os.listdir(f'/proc/{os.getppid()}/task')))\n")
+    result = pool.run(
+        "import os, pandas\nprint(len(os.listdir(f'/proc/{os.getppid()}/task')))\n",
+        timeout_s=ORDINARY_TIMEOUT_S,
+    )
     assert result.passed and result.stdout == "1\n", result
 
 
 def test_programs_naming_pandas_run_where_pandas_is_loaded(pool: SandboxPool) -> None:
     probe = "import sys\nprint(('pan' + 'das') in sys.modules, 'numpy' in sys.modules)\n"
-    assert pool.run(probe).stdout == "False True\n"  # light tier: numpy only
-    assert pool.run("# pandas\n" + probe).stdout == "True True\n"  # full tier
+    assert (
+        pool.run(probe, timeout_s=ORDINARY_TIMEOUT_S).stdout == "False True\n"
+    )  # light tier: numpy only
+    assert (
+        pool.run("# pandas\n" + probe, timeout_s=ORDINARY_TIMEOUT_S).stdout == "True True\n"
+    )  # full tier
     # A program that imports pandas without naming it still works, in the light tier.
-    assert pool.run("m = __import__('pan' + 'das')\nprint(m.Series([1, 2]).sum())\n").passed
+    imported = pool.run(
+        "m = __import__('pan' + 'das')\nprint(m.Series([1, 2]).sum())\n", timeout_s=60
+    )
+    assert imported.passed and imported.stdout == "3\n", imported
