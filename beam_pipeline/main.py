@@ -9,7 +9,7 @@ import sys
 import time
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from beam_pipeline.config import STAGES, ConfigError, DecontamChoice, RunConfig
 from beam_pipeline.core.decontam import BENCHMARKS, BenchmarkItem, DecontamConfig
@@ -215,6 +215,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     accounting.write(pipeline, f"{config.output_dir}/_run/counts")
     result = pipeline.run()
     result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        job = getattr(result, "job", None)
+        steps = len(job.proto.steps) if job is not None and hasattr(job, "proto") else None
+        log.info("dry run: the job graph was built and validated, nothing was submitted")
+        return {"dry_run": True, "invariant_ok": True, "steps": steps, "stages": {}}
     report = write_report(
         config.output_dir,
         {
