@@ -279,6 +279,38 @@ def _set_limits(job: dict, vm_limit: int) -> None:
     cap(resource.RLIMIT_CORE, 0)
 
 
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+KEYCTL_GET_KEYRING_ID = 0
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_CLEAR = 7
+KEY_SPEC_USER_KEYRING = -4
+KEY_SPEC_USER_SESSION_KEYRING = -5
+
+
+def _fresh_keyrings(own_uid: bool) -> None:
+    """Kernel keyrings are another place a program could leave data for the next one.
+
+    A new session keyring stops the program from reaching the supervisor's (and so the host's)
+    session keyring; the user keyrings of the sandbox uid are emptied of whatever an earlier
+    program stored (only when the uid is the sandbox's own: otherwise they are the caller's).
+    """
+    if _SYS_KEYCTL is None:
+        return
+    _libc.syscall(_SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
+    if own_uid:
+        _clear_user_keyrings()
+
+
+def _clear_user_keyrings() -> None:
+    """Empties this uid's user keyrings, without creating them when they do not exist."""
+    if _SYS_KEYCTL is None:
+        return
+    syscall = _libc.syscall
+    for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+        if syscall(_SYS_KEYCTL, KEYCTL_GET_KEYRING_ID, ctypes.c_long(ring), 0) > 0:
+            syscall(_SYS_KEYCTL, KEYCTL_CLEAR, ctypes.c_long(ring))
+
+
 def _drop_privileges(uid: int) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
@@ -384,6 +416,7 @@ def _child(job: dict, state: dict, scratch: str, fds: dict, vm_limit: int) -> No
         uid = state["uid"]
         if uid is not None:
             _drop_privileges(uid)
+        _fresh_keyrings(own_uid=uid is not None)
         sys.path[:] = state["program_path"]
         if "random" in job["source"]:
             _reseed()
@@ -680,6 +713,22 @@ def setup(init: dict) -> dict:
     return state
 
 
+def _leave_no_keys(state: dict) -> None:
+    """At shutdown: the last program's keys would otherwise outlive the sandbox uid."""
+    uid = state["uid"]
+    if uid is None or _SYS_KEYCTL is None:
+        return
+    helper = os.fork()
+    if helper == 0:
+        try:
+            _drop_privileges(uid)
+            _clear_user_keyrings()
+        finally:
+            os._exit(0)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(helper, 0)
+
+
 def main() -> int:
     channel = _Channel()
     init = channel.read()
@@ -702,6 +751,7 @@ def main() -> int:
     while True:
         job = channel.read()
         if job is None:
+            _leave_no_keys(state)
             return 0
         try:
             result = run_job(job, state)

@@ -109,6 +109,13 @@ def ordinary_program(backend: str) -> str:
         "        header = handle.readline().split()",
         "        uids = [int(row.split()[header.index('uid')]) for row in handle if row.strip()]",
         "    assert os.getuid() not in uids, (kind, uids)",
+        # No key an earlier program stored in a keyring this one can reach.
+        "import ctypes, platform",
+        "if platform.machine() == 'x86_64':",
+        "    libc = ctypes.CDLL(None, use_errno=True)",
+        "    libc.syscall.restype = ctypes.c_long",
+        "    found = libc.syscall(249, b'user', b'sandbox-left', None, ctypes.c_int(0))",
+        "    assert found < 0, 'a key left by an earlier program is readable'",
     ]
     if backend == "bwrap":  # private /tmp and /dev/shm: both must be empty again
         lines += [

@@ -208,6 +208,17 @@ CASES = [
         "passed",
     ),
     Case(
+        "leaves_keys_in_keyrings",
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.syscall.restype = ctypes.c_long\n"
+        "for ring in (-3, -4, -5):  # session, user, user-session keyrings\n"
+        "    key = libc.syscall(248, b'user', b'sandbox-left', b'left', 4, ctypes.c_int(ring))\n"
+        "    print(ring, key, ctypes.get_errno())\n",
+        "passed",
+        check=lambda result, ctx: None if os.uname().machine == "x86_64" else pytest.skip("x86_64"),
+    ),
+    Case(
         "kills_its_parent",
         "import os, signal\n"
         "for target in (os.getppid(), 1, -1):\n"
