@@ -34,6 +34,11 @@ class TrainState:
     examples: int = 0
 
 
+def _format(strategy: str) -> str:
+    # FSDP writes sharded distributed checkpoints; single-process and DDP whole-model files.
+    return "dcp" if strategy == "fsdp" else "torch"
+
+
 def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
@@ -76,6 +81,7 @@ def save_checkpoint(
     env: DistEnv,
     strategy: str,
     keep: int,
+    fingerprint: str = "",
 ) -> Path:
     root = checkpoint_root(output_dir)
     final = root / f"{_PREFIX}{state.step:08d}"
@@ -100,7 +106,13 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     barrier(env)
     if env.is_main:
-        meta = {"state": asdict(state), "world_size": env.world_size, "strategy": strategy}
+        meta = {
+            "state": asdict(state),
+            "world_size": env.world_size,
+            "strategy": strategy,
+            "format": _format(strategy),
+            "fingerprint": fingerprint,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -123,10 +135,19 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     env: DistEnv,
     strategy: str,
+    fingerprint: str = "",
 ) -> TrainState:
     meta = broadcast_object(json.loads((path / "meta.json").read_text()), env)
-    if meta["strategy"] != strategy:
-        raise ValueError(f"checkpoint {path} was written with {meta['strategy']}, not {strategy}")
+    if meta.get("fingerprint", "") != fingerprint:
+        raise ValueError(
+            f"{path} belongs to a run with a different recipe; use another training.output_dir "
+            "or set training.resume=false to start over"
+        )
+    if meta["format"] != _format(strategy):
+        raise ValueError(
+            f"checkpoint {path} was written with {meta['strategy']} and cannot be resumed "
+            f"with {strategy} (sharded and whole-model checkpoints differ)"
+        )
     if strategy == "fsdp":
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

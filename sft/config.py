@@ -8,6 +8,8 @@ below. Unknown keys are errors (a typo must not silently fall back to a default)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -124,6 +126,29 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that shapes the training trajectory (not logging or pacing)."""
+        values = self.to_dict()
+        values.pop("description")
+        for key in _NOT_IN_FINGERPRINT:
+            values["training"].pop(key)
+        text = json.dumps(values, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Settings that may change between a run and its resume.
+_NOT_IN_FINGERPRINT = (
+    "output_dir",
+    "strategy",
+    "resume",
+    "stop_after_steps",
+    "save_every_steps",
+    "keep_checkpoints",
+    "log_every_steps",
+    "peak_tflops",
+    "progress_bar",
+)
 
 
 _SECTIONS: dict[str, type] = {

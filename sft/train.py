@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,12 +27,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sft.batching import MicroBatch, StepPlan, count_targets, micro_batches, rank_share
-from sft.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from sft.checkpoint import (
+    TrainState,
+    checkpoint_root,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from sft.config import Recipe, dump_recipe
 from sft.data import IGNORE_INDEX, build_dataset
 from sft.distributed import (
     DistEnv,
     all_reduce_sum,
+    barrier,
     gradient_sync,
     init_distributed,
     resolve_strategy,
@@ -122,15 +130,37 @@ def _write_run_files(out: Path, recipe: Recipe, dataset: Any) -> None:
             handle.write(item.to_json() + "\n")
 
 
-def _completed_state(final_dir: Path, total_steps: int) -> TrainState | None:
-    """The state of a finished run whose model folder was fully written, else None."""
+def _completed_state(final_dir: Path, fingerprint: str) -> TrainState | None:
+    """The state of a finished run of this recipe whose model folder was fully written."""
     summary = final_dir / "sft_training.json"
     if not summary.is_file():
         return None
     saved = json.loads(summary.read_text())
-    if saved.get("total_steps") != total_steps:
-        return None
+    if saved.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{final_dir} holds a model trained with a different recipe; use another "
+            "training.output_dir"
+        )
     return TrainState(**saved["state"])
+
+
+def _start_over(out: Path) -> None:
+    """Removes an earlier run's checkpoints, model and metrics (training.resume=false)."""
+    for path in (checkpoint_root(out), out / "final"):
+        if path.exists():
+            log.warning("resume is off: removing %s", path)
+            shutil.rmtree(path)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drops logged steps after the checkpoint being resumed (they are run again)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def train(recipe: Recipe) -> TrainResult:
@@ -165,7 +195,7 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
         if pack_tokens < recipe.data.max_length:
             raise ValueError("training.pack_max_tokens must be at least data.max_length")
 
-    done = _completed_state(out / "final", plan.total_steps) if cfg.resume else None
+    done = _completed_state(out / "final", recipe.fingerprint()) if cfg.resume else None
     if done is not None:
         log.info(
             "%s already holds the model after %d steps; nothing to do", out / "final", done.step
@@ -181,9 +211,14 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
     scheduler = linear_schedule(optimizer, plan.total_steps, cfg.warmup_ratio)
 
     state = TrainState()
+    if not cfg.resume and env.is_main:
+        _start_over(out)
+    barrier(env)
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler, env, strategy)
+        state = load_checkpoint(
+            resume_from, model, optimizer, scheduler, env, strategy, recipe.fingerprint()
+        )
         log.info("resumed from %s at step %d", resume_from, state.step)
     peak = peak_flops(env.device, precision, cfg.peak_tflops)
     log.info(
@@ -202,7 +237,10 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
         env.device,
     )
 
-    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if env.is_main else None  # noqa: SIM115
+    metrics = None
+    if env.is_main:
+        _trim_metrics(out / "metrics.jsonl", state.step)
+        metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
     progress = tqdm(
         total=plan.total_steps,
         initial=state.step,
@@ -277,7 +315,15 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
             due = cfg.save_every_steps is not None and state.step % cfg.save_every_steps == 0
             if not finished and (due or stop_now):
                 path = save_checkpoint(
-                    out, state, model, optimizer, scheduler, env, strategy, cfg.keep_checkpoints
+                    out,
+                    state,
+                    model,
+                    optimizer,
+                    scheduler,
+                    env,
+                    strategy,
+                    cfg.keep_checkpoints,
+                    recipe.fingerprint(),
                 )
                 log.info("checkpoint %s", path)
             if stop_now and not finished:
@@ -293,6 +339,7 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
         summary = {
             "state": asdict(state),
             "total_steps": plan.total_steps,
+            "fingerprint": recipe.fingerprint(),
             "recipe": recipe.to_dict(),
         }
         final_dir = save_hf_folder(

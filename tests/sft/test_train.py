@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,3 +167,35 @@ def test_a_finished_run_is_not_trained_again(tiny_model_dir: Path, tmp_path: Pat
     again = train(recipe)
     assert again.losses == [] and again.state == first.state
     assert again.final_dir == first.final_dir
+
+
+def test_resuming_with_a_different_recipe_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(make_recipe(tiny_model_dir, out, max_steps=4, stop_after_steps=2))
+    with pytest.raises(ValueError, match="different recipe"):
+        train(make_recipe(tiny_model_dir, out, max_steps=4, learning_rate=2e-5))
+    # Pacing settings may change: the run resumes and finishes.
+    done = train(make_recipe(tiny_model_dir, out, max_steps=4, save_every_steps=3))
+    assert done.state.step == 4 and len(done.losses) == 2
+    with pytest.raises(ValueError, match="different recipe"):
+        train(make_recipe(tiny_model_dir, out, max_steps=5))
+    fresh = train(make_recipe(tiny_model_dir, out, max_steps=5, resume=False))
+    assert fresh.state.step == 5 and len(fresh.losses) == 5
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_steps_logged_after_the_last_checkpoint_are_not_duplicated(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    # A crash after step 3 with the last checkpoint at step 2 looks like this on disk.
+    train(make_recipe(tiny_model_dir, out, max_steps=4, save_every_steps=2, stop_after_steps=3))
+    checkpoints = out / "checkpoints"
+    for path in checkpoints.iterdir():
+        if path.name.endswith("03"):
+            shutil.rmtree(path)
+    train(make_recipe(tiny_model_dir, out, max_steps=4, save_every_steps=2))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
