@@ -331,8 +331,7 @@ class Plan:
             cleanup, sweep_all, sweep_owned = "pidns", ["/tmp", "/dev/shm", "/dev/mqueue"], []
         elif uid is not None:
             cleanup, sweep_all = "uid", []
-            shared = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
-            sweep_owned = [d for d in shared if os.path.isdir(d)]
+            sweep_owned = world_writable_dirs()
         else:
             cleanup, sweep_all, sweep_owned = "pgroup", [], []
         return {
@@ -353,6 +352,23 @@ class Plan:
             f"({self.interpreter.version}) site_dirs={list(self.interpreter.site_dirs)} "
             f"uid_drop={self.privileged}"
         )
+
+
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock", "/var/lock")
+
+
+def world_writable_dirs() -> list[str]:
+    """Host directories anyone may write to: the rlimits backend sweeps its uid's files there."""
+    found: dict[str, None] = {}
+    for path in SHARED_WRITABLE:
+        real = os.path.realpath(path)
+        try:
+            mode = os.stat(real).st_mode
+        except OSError:
+            continue
+        if stat.S_ISDIR(mode) and mode & stat.S_IWOTH:
+            found[real] = None
+    return list(found)
 
 
 @functools.lru_cache(maxsize=16)
