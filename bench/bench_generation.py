@@ -171,7 +171,9 @@ def beam_child(args: argparse.Namespace) -> None:
     class TimedHandler(VLLMCompletionsModelHandler):
         """Only records when batches start and end; behaviour is Beam's."""
 
-        def run_inference(self, batch, model, inference_args=None):  # type: ignore[override]
+        def run_inference(
+            self, batch: list[str], model: object, inference_args: dict | None = None
+        ) -> list:  # type: ignore[override]
             batch_start.update(int(time.time() * 1000))
             out = super().run_inference(batch, model, inference_args)
             batch_end.update(int(time.time() * 1000))

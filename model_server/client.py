@@ -142,14 +142,16 @@ class ClientConfig:
 class _Retry(Exception):
     """A transient failure; `delay_s` overrides the back-off when the server asked for one."""
 
-    def __init__(self, message: str, status: int | None = None, delay_s: float | None = None):
+    def __init__(
+        self, message: str, status: int | None = None, delay_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.delay_s = delay_s
 
 
 class _Fatal(Exception):
-    def __init__(self, message: str, kind: str, status: int | None = None):
+    def __init__(self, message: str, kind: str, status: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status

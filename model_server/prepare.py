@@ -290,6 +290,10 @@ def prepare(model: str, out_dir: str | Path | None = None, cache_dir: str | Path
             else:
                 extra = _download_hub(model, staging)
             _write_manifest(staging, spec, extra)
+            # mkdtemp and some writers create owner-only modes; servers may run as other users.
+            staging.chmod(0o755)
+            for path in staging.rglob("*"):
+                path.chmod(0o755 if path.is_dir() else 0o644)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(staging, out)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import email.utils
+import pathlib
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,12 +16,12 @@ from tests.model_server.scripted import ScriptedServer, scripted_text
 
 
 @pytest.fixture
-def server():
+def server() -> Iterator[ScriptedServer]:
     with ScriptedServer(slow_s=2.0, hang_s=20.0) as srv:
         yield srv
 
 
-def make_client(server: ScriptedServer, **overrides) -> ModelClient:
+def make_client(server: ScriptedServer, **overrides: object) -> ModelClient:
     settings = dict(
         base_url=server.base_url,
         model="scripted",
@@ -133,7 +135,7 @@ def test_chat_mode(server: ScriptedServer) -> None:
     assert '"role": "user"' in result.prompt
 
 
-def test_cache_second_run_sends_nothing(server: ScriptedServer, tmp_path) -> None:
+def test_cache_second_run_sends_nothing(server: ScriptedServer, tmp_path: pathlib.Path) -> None:
     prompts = [f"cached {i}" for i in range(10)]
     params = SamplingParams(n=2, seed=3, temperature=0.7)
     with make_client(server, cache_dir=str(tmp_path / "cache")) as client:
@@ -152,7 +154,9 @@ def test_cache_second_run_sends_nothing(server: ScriptedServer, tmp_path) -> Non
     assert server.generation_requests == 11
 
 
-def test_errors_and_short_answers_are_not_cached(server: ScriptedServer, tmp_path) -> None:
+def test_errors_and_short_answers_are_not_cached(
+    server: ScriptedServer, tmp_path: pathlib.Path
+) -> None:
     cache_dir = str(tmp_path / "cache")
     for _ in range(2):
         with make_client(server, cache_dir=cache_dir, max_retries=0) as client:

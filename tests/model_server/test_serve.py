@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def test_config_validation() -> None:
         ServeConfig(model="/m", tensor_parallel_size=0)
 
 
-def _scripted_config(tmp_path, **kw) -> ServeConfig:
+def _scripted_config(tmp_path: pathlib.Path, **kw: object) -> ServeConfig:
     return ServeConfig(
         model=str(tmp_path),
         served_model_name="stand-in",
@@ -108,7 +109,7 @@ def _group_alive(pgid: int) -> bool:
     return any(not s.startswith("Z") for s in out.stdout.split())
 
 
-def test_server_starts_answers_and_stops_with_its_group(tmp_path) -> None:
+def test_server_starts_answers_and_stops_with_its_group(tmp_path: pathlib.Path) -> None:
     with VLLMServer(_scripted_config(tmp_path)) as server:
         assert server.alive()
         assert httpx.get(f"{server.base_url}/health").status_code == 200
@@ -118,7 +119,7 @@ def test_server_starts_answers_and_stops_with_its_group(tmp_path) -> None:
     server.stop()  # idempotent
 
 
-def test_start_failure_reports_the_log(tmp_path) -> None:
+def test_start_failure_reports_the_log(tmp_path: pathlib.Path) -> None:
     config = ServeConfig(
         model=str(tmp_path),
         device="cpu",
@@ -129,7 +130,7 @@ def test_start_failure_reports_the_log(tmp_path) -> None:
         VLLMServer(config).start()
 
 
-def test_no_orphans_when_the_caller_is_killed(tmp_path) -> None:
+def test_no_orphans_when_the_caller_is_killed(tmp_path: pathlib.Path) -> None:
     """SIGKILL the process that owns the server: the supervisor must stop the server."""
     script = textwrap.dedent(
         f"""
@@ -161,7 +162,7 @@ def test_no_orphans_when_the_caller_is_killed(tmp_path) -> None:
             owner.kill()
 
 
-def test_managed_server_is_shared_and_stopped_after_last_release(tmp_path) -> None:
+def test_managed_server_is_shared_and_stopped_after_last_release(tmp_path: pathlib.Path) -> None:
     config = _scripted_config(tmp_path)
     first = managed.acquire_server(config)
     second = managed.acquire_server(config)
@@ -172,7 +173,7 @@ def test_managed_server_is_shared_and_stopped_after_last_release(tmp_path) -> No
     assert not first.alive()
 
 
-def test_managed_server_lingers_for_the_next_user(tmp_path) -> None:
+def test_managed_server_lingers_for_the_next_user(tmp_path: pathlib.Path) -> None:
     config = _scripted_config(tmp_path)
     server = managed.acquire_server(config)
     managed.release_server(config, linger_s=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import time
 
 import httpx
@@ -15,13 +16,13 @@ from tests.vllm_fixture import prepared_model_dir
 pytestmark = pytest.mark.vllm
 
 
-def client_for(server, **kw) -> ModelClient:
+def client_for(server: VLLMServer, **kw: object) -> ModelClient:
     return ModelClient(
         ClientConfig(base_url=server.base_url, model=server.model_name, timeout_s=600, **kw)
     )
 
 
-def test_prepared_folder_is_checksummed_and_cached(vllm_server) -> None:
+def test_prepared_folder_is_checksummed_and_cached(vllm_server: VLLMServer) -> None:
     folder = prepared_model_dir()  # second call: must be the cached folder
     manifest = read_manifest(folder)
     assert manifest["source"]["model"] == "smollm2"
@@ -31,7 +32,7 @@ def test_prepared_folder_is_checksummed_and_cached(vllm_server) -> None:
     assert (folder / MANIFEST).is_file()
 
 
-def test_completions_are_reproducible_with_a_seed(vllm_server) -> None:
+def test_completions_are_reproducible_with_a_seed(vllm_server: VLLMServer) -> None:
     prompt = "def fibonacci(n):\n    "
     params = SamplingParams(temperature=0.8, max_tokens=24, n=2, seed=1234)
     with client_for(vllm_server) as client:
@@ -45,27 +46,29 @@ def test_completions_are_reproducible_with_a_seed(vllm_server) -> None:
     assert metrics["completion_tokens"] > 0 and metrics["prompt_tokens"] > 0
 
 
-def test_stop_strings_and_length_finish(vllm_server) -> None:
+def test_stop_strings_and_length_finish(vllm_server: VLLMServer) -> None:
     with client_for(vllm_server) as client:
         (short,) = client.complete(["Count: 1, 2, 3,"], SamplingParams(max_tokens=3))
     assert short.ok and short.choices[0].finish_reason == "length"
 
 
-def test_chat_mode_uses_the_chat_template(vllm_server) -> None:
+def test_chat_mode_uses_the_chat_template(vllm_server: VLLMServer) -> None:
     messages = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
     with client_for(vllm_server) as client:
         (result,) = client.chat([messages], SamplingParams(max_tokens=48, seed=1))
     assert result.ok and result.choices[0].text.strip()
 
 
-def test_client_error_carries_vllms_message(vllm_server) -> None:
+def test_client_error_carries_vllms_message(vllm_server: VLLMServer) -> None:
     with client_for(vllm_server) as client:
         (result,) = client.complete(["x " * 5000], SamplingParams(max_tokens=8))
     assert result.error_kind == "client_error" and result.status_code == 400
     assert "context" in result.error.lower() or "token" in result.error.lower()
 
 
-def test_per_request_seeds_survive_a_step_larger_than_the_chunk_budget(vllm_server) -> None:
+def test_per_request_seeds_survive_a_step_larger_than_the_chunk_budget(
+    vllm_server: VLLMServer,
+) -> None:
     """Many long seeded prompts at once: the batch is far over 2,048 tokens (see models.md)."""
     block = "def add(a, b):\n    return a + b\n\n"
     # With chunked prefill (vLLM's default) the third of these prompts is split across steps,
@@ -85,7 +88,9 @@ def test_per_request_seeds_survive_a_step_larger_than_the_chunk_budget(vllm_serv
 
 
 @pytest.mark.slow
-def test_seeded_chunked_prefill_kills_the_engine_and_the_client_notices(tmp_path) -> None:
+def test_seeded_chunked_prefill_kills_the_engine_and_the_client_notices(
+    tmp_path: pathlib.Path,
+) -> None:
     """The known CPU failure, reproduced on purpose: chunked prefill on, per-request seeds.
 
     The client must end every request with an error (dead engine) instead of hanging, and

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from beam_pipeline.core.prompting import fewshot_pool, program_of
+from beam_pipeline.core.prompting import FewShotExample, fewshot_pool, program_of
 
 
 def _run(source: str) -> tuple[bool, str]:
@@ -36,13 +36,13 @@ def _run(source: str) -> tuple[bool, str]:
 
 
 @pytest.mark.parametrize("example", fewshot_pool(), ids=lambda ex: ex.id)
-def test_fewshot_example_passes_its_tests(example) -> None:
+def test_fewshot_example_passes_its_tests(example: FewShotExample) -> None:
     passed, detail = _run(program_of(example.response, example.tests))
     assert passed, f"{example.id}: {detail}"
 
 
 @pytest.mark.parametrize("example", fewshot_pool()[:3], ids=lambda ex: ex.id)
-def test_a_broken_response_fails_its_tests(example) -> None:
+def test_a_broken_response_fails_its_tests(example: FewShotExample) -> None:
     """The harness can fail: an implementation replaced by a stub does not pass."""
     stubbed = program_of("```python\npass\n```", example.tests)
     passed, _ = _run(stubbed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from collections.abc import Iterator
 
 import apache_beam as beam
 import pytest
@@ -26,12 +27,12 @@ N = 3
 
 
 @pytest.fixture(scope="module")
-def server():
+def server() -> Iterator[ScriptedServer]:
     with ScriptedServer(slow_s=2.5, hang_s=60.0) as srv:
         yield srv
 
 
-def config(server: ScriptedServer, **kw) -> GenerationConfig:
+def config(server: ScriptedServer, **kw: object) -> GenerationConfig:
     settings = dict(
         model="scripted",
         model_server_url=server.base_url,
@@ -81,7 +82,9 @@ FAULT_CASES = {
 }
 
 
-def test_responses_every_input_ends_once_as_sample_rejection_or_dead_letter(server) -> None:
+def test_responses_every_input_ends_once_as_sample_rejection_or_dead_letter(
+    server: ScriptedServer,
+) -> None:
     items = [instruction(i, text) for i, text in enumerate(FAULT_CASES)]
     want_main, want_rejected, want_errors = [], [], []
     for item, (kept, reason, dead) in zip(items, FAULT_CASES.values(), strict=True):
@@ -111,7 +114,7 @@ def test_responses_every_input_ends_once_as_sample_rejection_or_dead_letter(serv
         )  # fmt: skip
 
 
-def test_samples_carry_every_field(server) -> None:
+def test_samples_carry_every_field(server: ScriptedServer) -> None:
     item = instruction(1, "Write x.")
     with TestPipeline(options=PipelineOptions(FNAPI)) as pipeline:
         out = pipeline | beam.Create([item]) | GenerateResponses(config(server))
@@ -172,14 +175,18 @@ def _read(out_dir: pathlib.Path) -> dict[str, list[dict]]:
 
 
 def run_chain(
-    seeds: list[Seed], cfg: GenerationConfig, out_dir: pathlib.Path, argv, gate: bool = True
+    seeds: list[Seed],
+    cfg: GenerationConfig,
+    out_dir: pathlib.Path,
+    argv: list[str],
+    gate: bool = True,
 ) -> dict:
     with beam.Pipeline(options=PipelineOptions(argv)) as pipeline:
         _chain(pipeline, seeds, cfg, str(out_dir), gate)
     return _read(out_dir)
 
 
-def test_chain_accounts_for_every_seed(server, tmp_path) -> None:
+def test_chain_accounts_for_every_seed(server: ScriptedServer, tmp_path: pathlib.Path) -> None:
     seeds = [seed(i) for i in range(6)] + [seed(10, " BADDOC"), seed(11, " FAULT:400")]
     out = run_chain(seeds, config(server), tmp_path, FNAPI)
     ids = lambda key: [r["id"] for r in out.get(key, [])]  # noqa: E731
@@ -212,7 +219,9 @@ def test_chain_accounts_for_every_seed(server, tmp_path) -> None:
     assert sample.seed and sample.concepts and sample.instruction and sample.concepts_prompt
 
 
-def test_rerun_with_cache_sends_no_generation_request(server, tmp_path) -> None:
+def test_rerun_with_cache_sends_no_generation_request(
+    server: ScriptedServer, tmp_path: pathlib.Path
+) -> None:
     cfg = config(server, cache_dir=str(tmp_path / "cache"))
     seeds = [seed(i) for i in range(4)]
     first = run_chain(seeds, cfg, tmp_path / "first", FNAPI)
@@ -223,7 +232,9 @@ def test_rerun_with_cache_sends_no_generation_request(server, tmp_path) -> None:
     assert len(first["responses-main"]) == 4 * N
 
 
-def test_same_outputs_on_one_worker_and_two_worker_processes(server, tmp_path) -> None:
+def test_same_outputs_on_one_worker_and_two_worker_processes(
+    server: ScriptedServer, tmp_path: pathlib.Path
+) -> None:
     seeds = [seed(i) for i in range(8)]
     cfg = config(server)
     one = run_chain(seeds, cfg, tmp_path / "one", FNAPI)
@@ -232,14 +243,16 @@ def test_same_outputs_on_one_worker_and_two_worker_processes(server, tmp_path) -
     assert len(one["responses-main"]) == 8 * N
 
 
-def test_different_batch_sizes_give_the_same_prompts(server, tmp_path) -> None:
+def test_different_batch_sizes_give_the_same_prompts(
+    server: ScriptedServer, tmp_path: pathlib.Path
+) -> None:
     seeds = [seed(i) for i in range(5)]
     a = run_chain(seeds, config(server, batch_size=1), tmp_path / "a", FNAPI)
     b = run_chain(seeds, config(server, batch_size=16, max_in_flight=2), tmp_path / "b", FNAPI)
     assert a == b
 
 
-def test_dead_engine_turns_pending_work_into_dead_letters(tmp_path) -> None:
+def test_dead_engine_turns_pending_work_into_dead_letters(tmp_path: pathlib.Path) -> None:
     items = [instruction(0, "Write z. FAULT:DEAD")] + [instruction(i, f"w{i}") for i in range(1, 6)]
     with ScriptedServer(hang_s=120.0) as srv:
         cfg = config(
@@ -254,7 +267,7 @@ def test_dead_engine_turns_pending_work_into_dead_letters(tmp_path) -> None:
             assert_that(out.main, equal_to([]), label="NoSamples")
 
 
-def test_managed_server_mode_starts_and_stops_a_server_per_worker(tmp_path) -> None:
+def test_managed_server_mode_starts_and_stops_a_server_per_worker(tmp_path: pathlib.Path) -> None:
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
