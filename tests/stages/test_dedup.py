@@ -365,3 +365,28 @@ def test_invalid_settings(kwargs: dict) -> None:
 def test_rejection_type_is_the_shared_record() -> None:
     rejection = Rejection.of("s", "near_duplicate", _seed("abc", "z"), "y")
     assert (rejection.id, rejection.detail) == ("z", "y")
+
+
+@pytest.mark.slow
+def test_larger_corpus_same_on_both_runners_and_equal_to_union_find(
+    tmp_path: pathlib.Path,
+) -> None:
+    """13,334 functions: many signature batches, every band group used."""
+    rng = random.Random(5)
+    records = []
+    for index in range(10_000):
+        body = " ".join(f"v{rng.randint(0, 5000)}" for _ in range(rng.randint(20, 120)))
+        records.append(_seed(f"def f{index}(x):\n    return {body}"))
+        if index % 3 == 0:
+            words = body.split()
+            words[rng.randrange(len(words))] = "changed"
+            records.append(_seed(f"def f{index}(x):\n    return {' '.join(words)}"))
+    expected = reference_dedup(records)
+    results = [
+        run_dedup(records, argv, tmp_path / name, NearDedup(STAGE, "seed"))
+        for name, argv in (("fnapi", FNAPI), ("multi", MULTIPROCESS))
+    ]
+    for result in results:
+        assert {r["id"]: r["detail"] for r in result["rejected"]} == expected
+        assert len(result["main"]) + len(expected) == len(records)
+    assert len(expected) > 3000
