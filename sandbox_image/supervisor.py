@@ -8,12 +8,14 @@ Protocol: one JSON object per line. The host first sends an init message (sys.pa
 modules to preload, the uid programs run as, scratch location, cleanup mode), the supervisor
 answers `{"ready": true, ...}`; then each job line gets exactly one result line.
 
-Per job the supervisor forks a child that: starts a new session, gets fresh stdin/stdout/stderr
-pipes, closes every other descriptor, enters a fresh scratch directory, sets rlimits, drops to
-the sandbox uid with no_new_privs, clears the environment, writes `main.py` and runs it as
-`__main__` in the already-initialised interpreter. The supervisor drains output up to a cap
-(reading on so a program that prints gigabytes never blocks), enforces the wall clock, kills
-every process the program left behind and removes what it wrote.
+Per job the supervisor writes `main.py` into a fresh scratch directory and forks a child
+that: starts a new session, gets fresh stdin/stdout/stderr pipes, closes every other
+descriptor, enters the scratch directory, sets rlimits and no_new_privs, drops to the sandbox
+uid, takes a new session keyring and runs `main.py` as `__main__` in the already-initialised
+interpreter (whose environment is already the program's minimal one). The supervisor drains
+output up to a cap (reading on so a program that prints gigabytes never blocks), enforces the
+wall clock, kills every process the program left behind and removes what it wrote, including
+System V IPC objects.
 
 The supervisor is a child subreaper: every descendant of a program stays in its subtree (an
 orphan is re-parented to it, never to init), so "the supervisor has no children" means "nothing
@@ -38,7 +40,6 @@ import time
 import types
 
 PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
