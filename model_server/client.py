@@ -49,6 +49,7 @@ ENGINE_DEAD = "engine_dead"  # the server reports a dead engine
 CLOSED = "closed"  # the client was closed while the request waited
 
 RETRY_STATUS = {408, 409, 425, 429}
+OK, DEAD, UNKNOWN = "ok", "dead", "unknown"  # health probe states
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +128,7 @@ class ClientConfig:
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 300.0
     health_interval_s: float = 10.0
+    health_timeout_s: float = 10.0
     health_failures_for_dead: int = 2
     cache_dir: str | None = None
     api_key: str | None = None
@@ -531,20 +533,30 @@ class ModelClient:
 
     # -- dead-engine watchdog -------------------------------------------------------------
 
-    async def _health(self, timeout_s: float) -> tuple[bool, str]:
+    async def _probe(self, timeout_s: float) -> tuple[str, str]:
+        """("ok" | "dead" | "unknown", detail). A slow /health is unknown, not dead: an
+        overloaded API server answers late, a dead engine answers 503 or refuses."""
         try:
             response = await self._http.get(f"{self._base}/health", timeout=timeout_s)
+        except httpx.TimeoutException:
+            return UNKNOWN, "/health timed out"
         except httpx.HTTPError as exc:
-            return False, f"/health unreachable: {type(exc).__name__}"
+            return DEAD, f"/health unreachable: {type(exc).__name__}"
         if response.status_code == 200:
-            return True, "ok"
-        return False, f"/health answered {response.status_code}"
+            return OK, "ok"
+        if response.status_code >= 500:
+            return DEAD, f"/health answered {response.status_code}"
+        return UNKNOWN, f"/health answered {response.status_code}"
+
+    async def _health(self, timeout_s: float) -> tuple[bool, str]:
+        state, detail = await self._probe(timeout_s)
+        return state == OK, detail
 
     async def _check_dead_now(self) -> None:
-        """Declares the engine dead after consecutive failed health checks (spaced 1 s)."""
+        """Declares the engine dead after consecutive dead answers (spaced 1 s)."""
         for i in range(self.config.health_failures_for_dead):
-            healthy, detail = await self._health(timeout_s=10.0)
-            if healthy:
+            state, detail = await self._probe(self.config.health_timeout_s)
+            if state != DEAD:
                 return
             if i + 1 < self.config.health_failures_for_dead:
                 await asyncio.sleep(1.0)
@@ -567,14 +579,21 @@ class ModelClient:
             self._watchdog = self._loop.create_task(self._watch())
 
     async def _watch(self) -> None:
-        failures = 0
+        dead = unknown = 0
+        needed = self.config.health_failures_for_dead
         while self._sending and not self._dead:
             await asyncio.sleep(self.config.health_interval_s)
             if not self._sending:
                 break
-            healthy, detail = await self._health(timeout_s=10.0)
-            failures = 0 if healthy else failures + 1
-            if failures >= self.config.health_failures_for_dead:
+            state, detail = await self._probe(self.config.health_timeout_s)
+            if state == OK:
+                dead = unknown = 0
+            elif state == DEAD:
+                dead += 1
+            else:
+                unknown += 1
+            # A /health that stays silent for several rounds is as good as dead.
+            if dead >= needed or unknown >= 3 * needed:
                 self._declare_dead(detail)
 
     def reset_dead(self) -> bool:

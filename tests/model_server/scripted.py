@@ -74,6 +74,7 @@ class ScriptedServer:
         self.slow_s = slow_s
         self.hang_s = hang_s
         self.delay_s = delay_s  # every generation request takes this long (concurrency tests)
+        self.health_delay_s = 0.0  # /health answers this late (an overloaded API server)
         self.port = port
         self.lock = threading.Lock()
         self.dead = False
@@ -122,6 +123,7 @@ class ScriptedServer:
                 if self.path == "/health":
                     with server.lock:
                         server.health_requests += 1
+                    time.sleep(server.health_delay_s)
                     self._send(503 if server.dead else 200, b"")
                 elif self.path == "/v1/models":
                     self._send(200, json.dumps({"data": [{"id": server.model}]}).encode())

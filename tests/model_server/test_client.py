@@ -118,6 +118,16 @@ def test_dead_engine_fails_pending_requests_instead_of_hanging(server: ScriptedS
     assert late.error_kind == client_mod.ENGINE_DEAD
 
 
+def test_a_slow_health_endpoint_is_not_a_dead_engine(server: ScriptedServer) -> None:
+    server.delay_s = 1.0
+    server.health_delay_s = 1.0
+    with make_client(server, timeout_s=10.0, health_timeout_s=0.2, health_interval_s=0.1) as c:
+        results = c.complete(["slow a", "slow b"], SamplingParams())
+        assert not c.engine_dead
+    assert all(r.ok for r in results)
+    assert server.health_requests >= 2  # the watchdog did probe
+
+
 def test_in_flight_limit_is_respected(server: ScriptedServer) -> None:
     server.delay_s = 0.1
     with make_client(server, max_in_flight=4, timeout_s=10.0) as client:
