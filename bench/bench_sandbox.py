@@ -1,9 +1,10 @@
 """Sandbox throughput: fork-server pool against one bubblewrap process per program.
 
-    .venv/bin/python bench/bench_sandbox.py [--workers 2] [--runs 600] [--repeats 5]
+    .venv/bin/python bench/bench_sandbox.py [--workers N] [--runs 600] [--repeats 5]
 
-All variants run the same trivial program with full isolation, `--workers` at a time, and are
-interleaved within each repeat so machine load hits them alike. Reported per variant, as the
+All variants run the same trivial program with full isolation, `--workers` at a time (default:
+the pool's default, twice the cores), and are interleaved within each repeat so machine load
+hits them alike. Reported per variant, as the
 median over repeats: runs/s (wall clock), and CPU milliseconds per run summed over every
 process involved (this process, supervisors, bwrap, programs). CPU time comes from a cpuacct
 cgroup holding this process and everything it starts (root only). On a shared machine the
@@ -36,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sandbox_image import SandboxConfig, SandboxPool, make_plan, run_program
+from sandbox_image.executor import default_workers
 from sandbox_image.launch import bwrap_args
 
 PROGRAM = "assert sum(range(10)) == 45\n"
@@ -110,13 +112,17 @@ def parallel_batch(job: Callable[[], bool], runs: int, workers: int) -> Callable
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="concurrency (default: the pool's default)"
+    )
     parser.add_argument("--runs", type=int, default=600, help="programs per pool measurement")
     parser.add_argument("--process-runs", type=int, default=120, help="per-process measurements")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backend", default="bwrap", choices=("bwrap", "rlimits"))
     args = parser.parse_args()
 
+    if args.workers is None:
+        args.workers = default_workers()
     config = SandboxConfig(backend=args.backend)
     plan = make_plan(config)
     cores = os.cpu_count() or 1

