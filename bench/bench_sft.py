@@ -4,9 +4,11 @@ Both sides train the same model folder on the same tokenized examples (the SFT m
 the same micro-batch size and gradient accumulation, Adafactor at lr 1e-5 with the linear
 schedule, no gradient clipping, fp32 on CPU (or the GPU's bf16 with --bf16), in this process.
 Throughput is non-padding tokens per second over steps 2..K (step 1 is warm-up), wall clock
-including batching. Runs alternate (ours, Trainer, ours, ...) so that changes in machine load
-hit both; the report gives each side's median and the ratio ours / Trainer. Our loop also logs
-MFU when the device's peak is known (GPU) or given (--peak-tflops).
+including batching; also per CPU-second of this process, which other jobs on a shared machine
+disturb much less than the wall clock (with the same --threads on both sides). Runs alternate
+(ours, Trainer, ours, ...) so that changes in machine load hit both; the report gives each
+side's median and the ratio ours / Trainer. Our loop also logs MFU when the device's peak is
+known (GPU) or given (--peak-tflops).
 
     .venv/bin/python bench/bench_sft.py --model models/smollm2 --runs 3
     .venv/bin/python bench/bench_sft.py --tiny --runs 5       # no model folder needed
@@ -56,9 +58,11 @@ def ours(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str, A
     measured = rows[1:]
     tokens = sum(r["tokens"] for r in measured)
     seconds = sum(r["step_time_s"] for r in measured)
+    cpu_seconds = sum(r["cpu_time_s"] for r in measured)
     mfu = [r["mfu"] for r in measured if r["mfu"] is not None]
     return {
         "tokens_per_s": tokens / seconds,
+        "tokens_per_cpu_s": tokens / cpu_seconds,
         "step_s": [round(r["step_time_s"], 3) for r in measured],
         "mfu": statistics.median(mfu) if mfu else None,
         "loss": [round(r["loss"], 4) for r in rows],
@@ -95,11 +99,11 @@ def trainer(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str
         seen["tokens"] += int(mask.sum())
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, float, int]] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, *unused: Any, **kwargs: Any) -> None:
-            marks.append((time.perf_counter(), seen["tokens"]))
+            marks.append((time.perf_counter(), time.process_time(), seen["tokens"]))
 
     # The same loading as our loop (dropout off, same dtype) so only the loop differs.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,7 +117,7 @@ def trainer(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str
         learning_rate=1e-5,
         optim="adafactor",
         lr_scheduler_type="linear",
-        warmup_ratio=0.05,
+        warmup_steps=0.05,  # a float below 1 is a ratio of the total steps
         max_steps=args.steps,
         max_grad_norm=0.0,
         logging_steps=1,
@@ -129,9 +133,13 @@ def trainer(args: argparse.Namespace, model_dir: str, workdir: Path) -> dict[str
         model=model, args=training_args, train_dataset=rows, data_collator=collate,
         callbacks=[Clock()],
     ).train()  # fmt: skip
-    (t1, k1), (tn, kn) = marks[0], marks[-1]
+    (t1, c1, k1), (tn, cn, kn) = marks[0], marks[-1]
     steps = [round(b[0] - a[0], 3) for a, b in itertools.pairwise(marks)]
-    return {"tokens_per_s": (kn - k1) / (tn - t1), "step_s": steps}
+    return {
+        "tokens_per_s": (kn - k1) / (tn - t1),
+        "tokens_per_cpu_s": (kn - k1) / (cn - c1),
+        "step_s": steps,
+    }
 
 
 def main() -> None:
@@ -166,9 +174,13 @@ def main() -> None:
                 result = fn(args, model_dir, workdir)
                 results[name].append(result)
                 print(f"run {run + 1} {name:8s} {result['tokens_per_s']:9.1f} tokens/s "
+                      f"{result['tokens_per_cpu_s']:9.1f} tokens/cpu-s "
                       f"steps {result['step_s']}", flush=True)  # fmt: skip
 
     median = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
+    per_cpu = {
+        k: statistics.median(r["tokens_per_cpu_s"] for r in v) for k, v in results.items()
+    }
     mfu = [r["mfu"] for r in results["ours"] if r.get("mfu") is not None]
     summary = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, "
@@ -181,8 +193,14 @@ def main() -> None:
         "ours_tokens_per_s": round(median["ours"], 1),
         "trainer_tokens_per_s": round(median["trainer"], 1),
         "ratio": round(median["ours"] / median["trainer"], 3),
+        "ours_tokens_per_cpu_s": round(per_cpu["ours"], 1),
+        "trainer_tokens_per_cpu_s": round(per_cpu["trainer"], 1),
+        "ratio_per_cpu_s": round(per_cpu["ours"] / per_cpu["trainer"], 3),
         "ours_mfu": round(statistics.median(mfu), 4) if mfu else None,
         "runs": {k: [round(r["tokens_per_s"], 1) for r in v] for k, v in results.items()},
+        "runs_per_cpu_s": {
+            k: [round(r["tokens_per_cpu_s"], 1) for r in v] for k, v in results.items()
+        },
     }
     print(json.dumps(summary, indent=2))
     if args.json:

@@ -85,10 +85,10 @@ def token_loss_sum(model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
         position_ids=batch.position_ids,
         use_cache=False,
     ).logits
-    logits = logits[:, :-1].float()
-    labels = batch.labels[:, 1:]
+    # Shift the labels rather than the logits: slicing the logits would copy all of them.
+    labels = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)),
+        logits.float().reshape(-1, logits.size(-1)),
         labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
@@ -253,7 +253,7 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
     model.train()
     try:
         while state.step < plan.total_steps:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             indices = plan.step_indices(state.step)
             step_examples = [dataset.examples[i] for i in indices]
             step_targets = count_targets(step_examples)
@@ -267,6 +267,7 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             loss = float(all_reduce_sum(loss_sum, env).item()) / step_targets
             elapsed = time.perf_counter() - started
+            cpu_seconds = time.process_time() - cpu_started
 
             lengths = [len(e) for e in step_examples]
             state = TrainState(
@@ -289,6 +290,9 @@ def _train(recipe: Recipe, env: DistEnv) -> TrainResult:
                 "target_tokens": step_targets,
                 "micro_batches": len(batches),
                 "step_time_s": elapsed,
+                # CPU time of this process (all its threads): on a shared CPU, compare with
+                # step_time_s to see how much of the machine the step got.
+                "cpu_time_s": cpu_seconds,
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu,
             }

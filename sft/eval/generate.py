@@ -87,9 +87,13 @@ def start_vllm(model_dir: str, **serve_options: Any) -> Iterator[tuple[str, str]
 class TransformersGenerator:
     """Batched greedy `generate` with left padding; stop strings end a completion."""
 
-    def __init__(self, model_dir: str, batch_size: int = 8, dtype: str = "float32") -> None:
+    def __init__(self, model_dir: str, batch_size: int = 8, dtype: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
@@ -99,7 +103,7 @@ class TransformersGenerator:
             else self.tokenizer.eos_token_id
         )
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
-        self.model.eval()
+        self.model.to(self.device).eval()
         self.batch_size = batch_size
 
     def generate(
@@ -120,7 +124,9 @@ class TransformersGenerator:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            encoded = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True)
+            prompt_batch = [prompts[i] for i in batch]
+            encoded = self.tokenizer(prompt_batch, return_tensors="pt", padding=True)
+            encoded = encoded.to(self.device)
             with torch.no_grad():
                 output = self.model.generate(
                     **encoded, generation_config=config, tokenizer=self.tokenizer

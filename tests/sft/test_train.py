@@ -136,7 +136,7 @@ def test_run_outputs_logs_and_the_saved_model(tiny_model_dir: Path, tmp_path: Pa
     assert [m["step"] for m in metrics] == [1, 2]
     for row in metrics:
         assert row["loss"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
-        assert {"lr", "tokens", "target_tokens", "epoch", "step_time_s"} <= row.keys()
+        assert {"lr", "tokens", "target_tokens", "epoch", "step_time_s", "cpu_time_s"} <= row.keys()
     assert metrics[0]["lr"] == 0.0  # the first warmup step, as in the reference schedule
 
     stats = json.loads((out / "data_stats.json").read_text())
