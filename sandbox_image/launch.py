@@ -232,28 +232,8 @@ def bwrap_args(
         path = f"/etc/{name}"
         if os.path.exists(path):
             args += ["--ro-bind", path, path]
-    extra = sorted(
-        {p for p in (*interpreter.needs, *interpreter.site_dirs) if os.path.exists(p)}, key=len
-    )
-    interp_dir = os.path.dirname(interpreter.path)
-    if os.path.isdir(interp_dir):
-        extra.append(interp_dir)
-    made: set[str] = set()
-    for path in extra:
-        if _covered(path, bound):
-            continue
-        # bwrap creates missing parents with the caller's umask; the sandbox uid must be able
-        # to traverse them.
-        parents = []
-        parent = os.path.dirname(path)
-        while parent not in ("/", "") and parent not in made and not _covered(parent, bound):
-            parents.append(parent)
-            parent = os.path.dirname(parent)
-        for directory in reversed(parents):
-            args += ["--perms", "0755", "--dir", directory]
-            made.add(directory)
-        args += ["--ro-bind", path, path]
-        bound.append(path)
+    # The throwaway /tmp comes before the interpreter and site-packages binds: a venv that
+    # lives under the host's /tmp must be bound on top of it, not hidden by it.
     size = str((scratch_mb or 512) * 1024 * 1024)
     args += [
         "--proc",
@@ -274,6 +254,30 @@ def bwrap_args(
         size,
         "--tmpfs",
         "/tmp",
+    ]
+    extra = sorted(
+        {p for p in (*interpreter.needs, *interpreter.site_dirs) if os.path.exists(p)}, key=len
+    )
+    interp_dir = os.path.dirname(interpreter.path)
+    if os.path.isdir(interp_dir):
+        extra.append(interp_dir)
+    made: set[str] = {"/tmp"}  # exists (tmpfs, mode 1777): never re-created or re-moded
+    for path in extra:
+        if _covered(path, bound):
+            continue
+        # bwrap creates missing parents with the caller's umask; the sandbox uid must be able
+        # to traverse them.
+        parents = []
+        parent = os.path.dirname(path)
+        while parent not in ("/", "") and parent not in made and not _covered(parent, bound):
+            parents.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(parents):
+            args += ["--perms", "0755", "--dir", directory]
+            made.add(directory)
+        args += ["--ro-bind", path, path]
+        bound.append(path)
+    args += [
         "--perms",
         "0755",
         "--size",
@@ -342,6 +346,9 @@ class Plan:
             "sweep_owned": sweep_owned,
             "private_ipc": self.backend == "bwrap",  # its own IPC namespace per supervisor
             "site_dirs": list(self.interpreter.site_dirs),
+            # Read-only binds that may sit inside a swept directory (a venv under /tmp): the
+            # sweep leaves them and their parents alone.
+            "protect": sorted({*self.interpreter.needs, *self.interpreter.site_dirs}),
             "preload": list(preload),
             "env": dict(PROGRAM_ENV),
         }

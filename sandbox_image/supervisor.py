@@ -137,8 +137,9 @@ def remove_path(path: str) -> None:
             os.unlink(path)
 
 
-def clear_directory(path: str, owner: int | None = None) -> None:
-    """Removes the entries of `path` (only those owned by `owner` when given)."""
+def clear_directory(path: str, owner: int | None = None, keep: tuple[str, ...] = ()) -> None:
+    """Removes the entries of `path` (only those owned by `owner` when given), except those
+    that are, or lead to, a path in `keep`."""
     try:
         if not os.listdir(path):
             return
@@ -146,6 +147,8 @@ def clear_directory(path: str, owner: int | None = None) -> None:
     except OSError:
         return
     for entry in entries:
+        if any(k == entry.path or k.startswith(entry.path + "/") for k in keep):
+            continue
         try:
             if owner is not None and entry.stat(follow_symlinks=False).st_uid != owner:
                 continue
@@ -526,9 +529,9 @@ def _scrub(state: dict, scratch: str) -> None:
     except OSError:
         remove_path(scratch)
     for directory in state["sweep_all"]:
-        clear_directory(directory)
+        clear_directory(directory, keep=state["protect"])
     for directory in state["sweep_owned"]:
-        clear_directory(directory, owner=state["uid"])
+        clear_directory(directory, owner=state["uid"], keep=state["protect"])
 
 
 def run_job(job: dict, state: dict) -> dict:
@@ -672,6 +675,7 @@ def setup(init: dict) -> dict:
         "sweep_all": list(init.get("sweep_all", ())),
         "sweep_owned": list(init.get("sweep_owned", ())),
         "private_ipc": bool(init.get("private_ipc", False)),
+        "protect": tuple(init.get("protect", ())),
         "env": dict(init.get("env", {})),
     }
     _prctl(PR_SET_CHILD_SUBREAPER, 1)

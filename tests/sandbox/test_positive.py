@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -224,3 +225,20 @@ def test_programs_naming_pandas_run_where_pandas_is_loaded(pool: SandboxPool) ->
         "m = __import__('pan' + 'das')\nprint(m.Series([1, 2]).sum())\n", timeout_s=60
     )
     assert imported.passed and imported.stdout == "3\n", imported
+
+
+def test_packages_that_live_under_the_host_tmp(backend: str) -> None:
+    """A checkout or venv under /tmp (CI does that) is importable, and survives the sweeps."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        os.chmod(top, 0o755)
+        site = os.path.join(top, "site-packages")
+        os.makedirs(site)
+        with open(os.path.join(site, "tmp_lived_module.py"), "w") as handle:
+            handle.write("VALUE = 42\n")
+        os.chmod(site, 0o755)
+        config = RELAXED.replace(backend=backend, preload=(), site_packages=(site,))
+        with SandboxPool(config, workers=1) as pool:
+            for _ in range(3):
+                result = pool.run("import tmp_lived_module\nprint(tmp_lived_module.VALUE)\n")
+                assert result.passed and result.stdout == "42\n", result
+            assert os.path.exists(os.path.join(site, "tmp_lived_module.py"))

@@ -146,3 +146,26 @@ def test_clear_directory_respects_owner(tmp_path: Path) -> None:
     clear_directory(str(tmp_path), owner=os.getuid())
     assert list(tmp_path.iterdir()) == []
     assert stat.S_ISDIR(tmp_path.stat().st_mode)
+
+
+def test_environment_under_tmp_is_bound_on_top_of_the_private_tmp() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # e.g. a CI checkout under /tmp
+        site = os.path.join(top, ".venv", "lib", "python3.11", "site-packages")
+        os.makedirs(site)
+        interpreter = Interpreter(
+            path="/usr/bin/python3", version="3.11.2", needs=("/usr",), site_dirs=(site,)
+        )
+        args = bwrap_args(interpreter, privileged=True, scratch_mb=64)
+    tmpfs = next(i for i, a in enumerate(args) if a == "/tmp" and args[i - 1] == "--tmpfs")
+    bind = args.index(site)
+    assert args[bind - 1] == "--ro-bind" and tmpfs < bind
+    assert args[tmpfs:bind].count("--dir") == 4  # parents made traversable in the private /tmp
+
+
+def test_clear_directory_keeps_protected_paths(tmp_path: Path) -> None:
+    (tmp_path / "ci" / "venv").mkdir(parents=True)
+    (tmp_path / "ci" / "venv" / "mod.py").write_text("x = 1")
+    (tmp_path / "left-by-program").write_text("x")
+    clear_directory(str(tmp_path), keep=(str(tmp_path / "ci" / "venv"),))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ci"]
+    assert (tmp_path / "ci" / "venv" / "mod.py").exists()
