@@ -155,7 +155,7 @@ class SelfCodeAlignOptions(PipelineOptions):
             "--exec_workers",
             type=int,
             default=None,
-            help="Sandbox supervisors per worker process (default: CPU count).",
+            help="Sandbox supervisors per tier per worker process (default: twice the CPU count).",
         )
 
         sel = parser.add_argument_group("dedup, decontamination, cache (method.md §1, §4)")
