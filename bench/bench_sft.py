@@ -178,9 +178,7 @@ def main() -> None:
                       f"steps {result['step_s']}", flush=True)  # fmt: skip
 
     median = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
-    per_cpu = {
-        k: statistics.median(r["tokens_per_cpu_s"] for r in v) for k, v in results.items()
-    }
+    per_cpu = {k: statistics.median(r["tokens_per_cpu_s"] for r in v) for k, v in results.items()}
     mfu = [r["mfu"] for r in results["ours"] if r.get("mfu") is not None]
     summary = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, "
