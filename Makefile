@@ -18,6 +18,10 @@ test-all: setup
 
 bench: setup
 	$(PY) bench/bench_seeds.py
+	$(PY) bench/bench_parsers.py
+	$(PY) bench/bench_sandbox.py
+	$(PY) bench/bench_minhash.py signatures
+	$(PY) bench/bench_sft.py --tiny --runs 5
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
