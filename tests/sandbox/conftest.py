@@ -134,9 +134,21 @@ def supervisor_pids(pools: dict[str, SandboxPool]) -> set[int]:
     return {s.proc.pid for p in pools.values() for s in list(p._live) if s.proc is not None}
 
 
-def stray_children(pools: dict[str, SandboxPool]) -> list[int]:
-    """Children of the test process that are neither pool supervisors nor already reaped."""
-    return [pid for pid in _children_of(os.getpid()) if pid not in supervisor_pids(pools)]
+def children() -> set[int]:
+    return set(_children_of(os.getpid()))
+
+
+def stray_children(pools: dict[str, SandboxPool], earlier: set[int]) -> list[int]:
+    """New children of the test process that are neither pool supervisors nor already reaped.
+
+    Children alive before the test (`earlier`) belong to other fixtures of the session, such as
+    a model server that lingers for the next test, and are not the sandbox's.
+    """
+    return [
+        pid
+        for pid in _children_of(os.getpid())
+        if pid not in supervisor_pids(pools) and pid not in earlier
+    ]
 
 
 class Listener:

@@ -26,6 +26,7 @@ from tests.sandbox.conftest import (
     TEST_CONFIG,
     Canary,
     Listener,
+    children,
     ordinary_program,
     stray_children,
     supervisor_pids,
@@ -300,6 +301,7 @@ def test_hostile_program_in_pool(
         pytest.skip(f"{case.name} does not apply to the {backend} backend (docs/sandbox.md)")
     ctx = Context(backend, canary, listener, secrets.token_hex(6))
     before = canary.snapshot()
+    earlier = children()
     supervisors = supervisor_pids({backend: pool})
     result = pool.run(_render(case, ctx), timeout_s=case.timeout_s)
     ctx.uids = pool.uids
@@ -308,7 +310,7 @@ def test_hostile_program_in_pool(
     assert supervisor_pids({backend: pool}) == supervisors
     after = pool.run(ordinary_program(backend), timeout_s=ORDINARY_TIMEOUT_S)
     assert after.passed, after
-    assert not stray_children(pools)
+    assert not stray_children(pools, earlier)
 
 
 UID_LINE = "import os as _os\nprint('uid', _os.getuid(), flush=True)\n"
@@ -342,6 +344,7 @@ def test_hostile_program_one_shot(
         pytest.skip(f"{case.name} does not apply to the {backend} backend (docs/sandbox.md)")
     ctx = Context(backend, canary, listener, secrets.token_hex(6))
     before = canary.snapshot()
+    earlier = children()
     config = TEST_CONFIG.replace(backend=backend)
     if case.timeout_s is not None:
         config = config.replace(timeout_s=case.timeout_s)
@@ -351,7 +354,7 @@ def test_hostile_program_one_shot(
     assert found, result
     ctx.uids = frozenset({int(found.group(1))})
     _assert_contained(case, result, ctx, before)
-    assert not stray_children(pools), "a sandbox process of a one-shot run is still alive"
+    assert not stray_children(pools, earlier), "a sandbox process of a one-shot run is still alive"
     relaxed = TEST_CONFIG.replace(backend=backend, timeout_s=ORDINARY_TIMEOUT_S)
     after = run_program(ordinary_program(backend), relaxed)
     assert after.passed, after
