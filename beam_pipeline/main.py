@@ -15,6 +15,7 @@ from beam_pipeline.config import STAGES, ConfigError, DecontamChoice, RunConfig
 from beam_pipeline.core.decontam import BENCHMARKS, BenchmarkItem, DecontamConfig
 from beam_pipeline.core.selection import code_representation
 from beam_pipeline.options import SelfCodeAlignOptions
+from beam_pipeline.progress import show_worker_progress
 from beam_pipeline.records import Concepts, Execution, Instruction, Sample, Seed
 from beam_pipeline.report import collect_metrics, write_report
 from beam_pipeline.stages.common import (
@@ -200,6 +201,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     """Runs the pipeline; returns the report. Exits with a message on bad options."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    show_worker_progress()
     options = SelfCodeAlignOptions(argv if argv is not None else sys.argv[1:])
     try:
         config = options.to_config()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import pathlib
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import sys
 import pytest
 
 from beam_pipeline.main import run
+from beam_pipeline.progress import ENV_INTERVAL
 from tests.conftest import FNAPI, MULTIPROCESS, REPO
 from tests.fixtures.bad_inputs import write_bad_shard
 from tests.helpers import read_jsonl_dir
@@ -56,10 +59,19 @@ def test_bad_inputs_are_counted_never_lost(tmp_path: pathlib.Path) -> None:
 
 
 def test_bundled_shard_same_seed_ids_on_fnapi_and_two_processes(
-    tmp_path: pathlib.Path, bundled_shard: str
+    tmp_path: pathlib.Path,
+    bundled_shard: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     a = _run([bundled_shard], tmp_path / "a", FNAPI)
+    # Worker processes inherit the interval; their progress lines reach this process's log.
+    monkeypatch.setenv(ENV_INTERVAL, "0.2")
+    caplog.set_level(logging.INFO)
     b = _run([bundled_shard], tmp_path / "b", MULTIPROCESS)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress pid")]
+    worker_lines = [line for line in lines if not line.startswith(f"progress pid {os.getpid()} ")]
+    assert any("seeds.FilterSeed out=" in line for line in worker_lines), lines[:5]
     for report in (a, b):
         assert report["invariant_ok"], report["problems"]
     ids_a = {s["id"] for s in read_jsonl_dir(tmp_path / "a" / "seeds")}

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.progress import progress
 from beam_pipeline.records import DeadLetter, Record, Rejection, clip
 
 METRICS_NAMESPACE = "selfcodealign"
@@ -51,6 +52,7 @@ class StageFn(beam.DoFn):
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
+        self.step = f"{stage}.{type(self).__name__.removesuffix('Fn')}"
         self._out = Metrics.counter(METRICS_NAMESPACE, f"{stage}_out")
         self._rejected = Metrics.counter(METRICS_NAMESPACE, f"{stage}_rejected")
         self._errors = Metrics.counter(METRICS_NAMESPACE, f"{stage}_errors")
@@ -63,6 +65,7 @@ class StageFn(beam.DoFn):
             results = list(self.handle(element))
         except Exception as exc:
             self._errors.inc()
+            progress().note(self.step, "errors")
             element_id, payload = _describe(element)
             yield beam.pvalue.TaggedOutput(
                 ERRORS,
@@ -78,12 +81,15 @@ class StageFn(beam.DoFn):
         for result in results:
             if isinstance(result, Rejection):
                 self._rejected.inc()
+                progress().note(self.step, "rejected")
                 yield beam.pvalue.TaggedOutput(REJECTED, result)
             elif isinstance(result, DeadLetter):
                 self._errors.inc()
+                progress().note(self.step, "errors")
                 yield beam.pvalue.TaggedOutput(ERRORS, result)
             else:
                 self._out.inc()
+                progress().note(self.step, "out")
                 yield result
 
 

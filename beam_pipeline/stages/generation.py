@@ -29,6 +29,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_pipeline.progress import progress
 from beam_pipeline.records import DeadLetter, Record, Rejection, clip
 from beam_pipeline.stages.common import ERRORS, METRICS_NAMESPACE, REJECTED, StageFn
 from model_server.client import ClientConfig, CompletionResult, ModelClient, SamplingParams
@@ -302,12 +303,15 @@ class ModelCallFn(StageFn):
             value = WindowedValue(out, timestamp, (window,))
             if isinstance(out, Rejection):
                 self._rejected.inc()
+                progress().note(self.step, "rejected")
                 yield beam.pvalue.TaggedOutput(REJECTED, value)
             elif isinstance(out, DeadLetter):
                 self._errors.inc()
+                progress().note(self.step, "errors")
                 yield beam.pvalue.TaggedOutput(ERRORS, value)
             else:
                 self._out.inc()
+                progress().note(self.step, "out")
                 yield value
 
 
