@@ -57,10 +57,13 @@ class ExecutionConfig:
 class FinalConfig:
     dedup_threshold: float = 0.7
     num_perm: int = 250
+    tests_in_instruction: float = 0.0  # fraction of final instructions that show their tests
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dedup_threshold < 1.0:
             raise ConfigError("--final_dedup_threshold must be in [0, 1)")
+        if not 0.0 <= self.tests_in_instruction <= 1.0:
+            raise ConfigError("--tests_in_instruction must be a fraction in [0, 1]")
         if self.num_perm < 16:
             raise ConfigError("--num_perm must be >= 16")
 

@@ -35,7 +35,7 @@ from beam_pipeline.stages.judge import JudgeSeeds
 from beam_pipeline.stages.read import ReadSources
 from beam_pipeline.stages.responses import GenerateResponses
 from beam_pipeline.stages.seeds import ExtractSeeds, SampleSeeds
-from beam_pipeline.stages.select import SelectSamples
+from beam_pipeline.stages.select import SelectSamples, ShowTestsInInstruction
 
 log = logging.getLogger("beam_pipeline")
 
@@ -181,6 +181,14 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
                     config.final.num_perm,
                     accounting=acct,
                 )
+            )
+        if config.final.tests_in_instruction > 0:
+            # After the dedup passes (which compare the method's instructions) and before
+            # decontamination (which must see the text that is written).
+            steps.append(
+                steps[-1].main
+                | "TestsInInstruction"
+                >> ShowTestsInInstruction(config.final.tests_in_instruction, acct)
             )
         if items:
             steps.append(

@@ -174,6 +174,13 @@ class SelfCodeAlignOptions(PipelineOptions):
         )
         sel.add_argument("--num_perm", type=int, default=250)
         sel.add_argument(
+            "--tests_in_instruction",
+            type=float,
+            default=0.0,
+            help="Fraction of final instructions (chosen by a hash of the id) that end with up "
+            "to three of their own test asserts; 0 (default) leaves every instruction as is.",
+        )
+        sel.add_argument(
             "--decontam_benchmarks",
             default="auto",
             help="Comma-separated of humaneval, mbpp, ds1000, gsm8k; 'auto': "
@@ -244,7 +251,11 @@ class SelfCodeAlignOptions(PipelineOptions):
                 workers=opts.exec_workers,
                 cache_dir=f"{cache_dir}/executions" if cache_dir else None,
             ),
-            final=FinalConfig(dedup_threshold=opts.final_dedup_threshold, num_perm=opts.num_perm),
+            final=FinalConfig(
+                dedup_threshold=opts.final_dedup_threshold,
+                num_perm=opts.num_perm,
+                tests_in_instruction=opts.tests_in_instruction,
+            ),
             decontam=DecontamChoice(
                 benchmarks=benchmarks,
                 paths={

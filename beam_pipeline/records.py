@@ -204,6 +204,7 @@ class FinalPair(Record):
     licenses: tuple[str, ...] = ()
     repo_name: str = ""
     path: str = ""
+    tests_in_instruction: bool = False  # the instruction ends with some of the tests
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

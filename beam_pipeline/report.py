@@ -50,7 +50,7 @@ def build_stages(counts: dict[str, int]) -> dict[str, dict[str, Any]]:
         else:
             entry[what] = value
     for entry in stages.values():
-        if "by_group" in entry:
+        if any("passed" in g for g in entry.get("by_group", {}).values()):
             entry["passed"] = sum(g.get("passed", 0) for g in entry["by_group"].values())
         if "in" in entry and "out" in entry:
             accounted = entry["out"] + entry.get("rejected", 0) + entry.get("errors", 0)

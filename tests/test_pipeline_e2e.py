@@ -13,6 +13,7 @@ import time
 import pytest
 
 from beam_pipeline.core.program import build_program
+from beam_pipeline.core.selection import top_level_asserts
 from beam_pipeline.main import run
 from sandbox_image import SandboxConfig, run_program
 from tests.conftest import FNAPI, REPO
@@ -114,10 +115,25 @@ def test_restart_from_a_stage_reads_its_predecessor(tmp_path: pathlib.Path, serv
     out = tmp_path / "out"
     first = run([*_argv(src, out, server.base_url), "--to_stage=responses", *FNAPI])
     assert "execution" not in first["stages"]
-    second = run([*_argv(src, out, server.base_url), "--from_stage=execution", *FNAPI])
+    second = run(
+        [
+            *_argv(src, out, server.base_url),
+            "--from_stage=execution",
+            "--tests_in_instruction=1.0",
+            *FNAPI,
+        ]
+    )
     assert second["invariant_ok"], second["problems"]
     assert second["stages"]["execution"]["in"] == first["stages"]["responses"]["out"]
-    assert read_jsonl_dir(out / "final")
+    final = read_jsonl_dir(out / "final")
+    assert final
+    # With the whole fraction, every final instruction shows its own top-level asserts.
+    shown = second["stages"]["final.tests_in_instruction"]
+    assert shown["in"] == shown["out"] == shown["by_group"]["outcome"]["shown"] == len(final)
+    for record in final:
+        assert record["tests_in_instruction"] is True
+        assert "Your code should pass the following test" in record["instruction"]
+        assert top_level_asserts(record["tests"])[0] in record["instruction"]
 
 
 def test_killed_run_resumes_without_repeating_completed_calls(

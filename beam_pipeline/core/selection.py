@@ -125,3 +125,40 @@ def code_representation(response: str) -> str:
         _strip_docstrings(node)
         parts.append(ast.unparse(node))
     return "\n\n".join(parts)
+
+
+# Optional augmentation: a fraction of the final instructions show some of their own tests,
+# so the fine-tuned model also learns to follow "your code should pass these tests" prompts
+# (the format of MBPP-style benchmarks).
+MAX_SHOWN_ASSERTS = 3
+TESTS_HEADER = "Your code should pass the following {noun}:"
+
+
+def top_level_asserts(tests: str, limit: int = MAX_SHOWN_ASSERTS) -> list[str]:
+    """Up to `limit` top-level assert statements of the tests' python blocks, unparsed."""
+    found: list[str] = []
+    for block in python_blocks(tests):
+        try:
+            tree = ast.parse(block)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        found.extend(ast.unparse(node) for node in tree.body if isinstance(node, ast.Assert))
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+def shows_tests(record_id: str, fraction: float) -> bool:
+    """Whether this record is in the augmented fraction: a hash of its id, so any worker and
+    any rerun decide alike."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(f"tests-in-instruction:{record_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def instruction_with_tests(instruction: str, asserts: list[str]) -> str:
+    noun = "test" if len(asserts) == 1 else "tests"
+    shown = "\n".join(asserts)
+    header = TESTS_HEADER.format(noun=noun)
+    return f"{instruction.rstrip()}\n\n{header}\n```python\n{shown}\n```"

@@ -9,10 +9,15 @@ Steps and their report keys (all rejections go to `rejected/final/`):
   whitespace-normalised instruction, then per normalised response, then per set of defined
   names is kept; the others are rejected with the kept sample's id in `detail`.
 Survivors become FinalPair records with their provenance.
+
+`ShowTestsInInstruction` (optional, `--tests_in_instruction FRACTION`) appends up to three of a
+pair's own top-level test asserts to its instruction for a hash-chosen fraction of the pairs;
+`final.tests_in_instruction/by/outcome/<outcome>` counts shown, not chosen and no top-level assert.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator
 
@@ -134,3 +139,50 @@ class SelectSamples(beam.PTransform):
         final = current | "ToFinalPair" >> beam.Map(to_final)
         merged = merge_outputs("Select", *steps)
         return StageOutputs(final, merged.rejected, merged.errors)
+
+
+class ShowTestsFn(StageFn):
+    def __init__(self, fraction: float) -> None:
+        super().__init__(STAGE)
+        self.fraction = fraction
+
+    def handle(self, pair: FinalPair) -> Iterator[FinalPair]:
+        yield show_tests(pair, self.fraction)
+
+
+def show_tests(pair: FinalPair, fraction: float) -> FinalPair:
+    """The pair with some of its tests in the instruction when its id falls in `fraction`."""
+    if not core.shows_tests(pair.id, fraction):
+        return pair
+    asserts = core.top_level_asserts(pair.tests)
+    if not asserts:
+        return pair
+    return dataclasses.replace(
+        pair,
+        instruction=core.instruction_with_tests(pair.instruction, asserts),
+        tests_in_instruction=True,
+    )
+
+
+def _show_tests_outcome(pair: FinalPair, fraction: float) -> str:
+    if pair.tests_in_instruction:
+        return "outcome/shown"
+    chosen = core.shows_tests(pair.id, fraction)
+    return "outcome/no_top_level_assert" if chosen else "outcome/not_chosen"
+
+
+class ShowTestsInInstruction(beam.PTransform):
+    def __init__(self, fraction: float, accounting: Accounting | None = None) -> None:
+        super().__init__()
+        self.fraction = fraction
+        self.accounting = accounting
+
+    def expand(self, pairs: beam.PCollection) -> StageOutputs:
+        outputs = apply_stage_fn(pairs, "ShowTests", ShowTestsFn(self.fraction))
+        if self.accounting is not None:
+            name = "final.tests_in_instruction"
+            self.accounting.count_stage(name, pairs, outputs)
+            self.accounting.count_by(
+                outputs.main, name, lambda p, f=self.fraction: _show_tests_outcome(p, f)
+            )
+        return outputs

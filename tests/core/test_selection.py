@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from beam_pipeline.core import selection
 from beam_pipeline.core.selection import (
     SelectReason,
     code_representation,
@@ -94,3 +95,39 @@ def test_shuffle_rank_is_a_stable_permutation() -> None:
     assert other_seed != order
     random.Random(0).shuffle(ids)
     assert sorted(ids, key=shuffle_rank) == order  # independent of input order
+
+
+def test_top_level_asserts_come_from_the_python_blocks_in_order() -> None:
+    tests = (
+        "Tests:\n```python\nimport math\n\ndef helper():\n    assert False\n\n"
+        "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n```\n"
+        "```text\nassert not_python\n```\n"
+        "```python\nassert   add(0,0)==0\nassert add(2, 2) == 4\n```"
+    )
+    # the assert inside helper is not top-level; the text block is not python; unparsed form
+    assert selection.top_level_asserts(tests) == [
+        "assert add(1, 2) == 3",
+        "assert add(-1, 1) == 0",
+        "assert add(0, 0) == 0",
+    ]
+    assert selection.top_level_asserts("```python\ndef t():\n    assert f()\nt()\n```") == []
+    assert selection.top_level_asserts("```python\nassert (\n```") == []
+
+
+def test_shows_tests_picks_a_stable_fraction_of_ids() -> None:
+    ids = [f"seed{i}.0" for i in range(4000)]
+    chosen = [i for i in ids if selection.shows_tests(i, 0.25)]
+    assert 0.22 < len(chosen) / len(ids) < 0.28
+    assert chosen == [i for i in ids if selection.shows_tests(i, 0.25)]
+    assert not any(selection.shows_tests(i, 0.0) for i in ids)
+    assert all(selection.shows_tests(i, 1.0) for i in ids)
+
+
+def test_instruction_with_tests_format() -> None:
+    one = selection.instruction_with_tests("Write add.  \n", ["assert add(1, 2) == 3"])
+    assert one == (
+        "Write add.\n\nYour code should pass the following test:\n"
+        "```python\nassert add(1, 2) == 3\n```"
+    )
+    two = selection.instruction_with_tests("Write add.", ["assert a", "assert b"])
+    assert "following tests:\n```python\nassert a\nassert b\n```" in two

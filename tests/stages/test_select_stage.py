@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipeline.core.selection import defined_names, normalise_ws, shuffle_rank
+from beam_pipeline.core.selection import defined_names, normalise_ws, shows_tests, shuffle_rank
 from beam_pipeline.records import Execution
-from beam_pipeline.stages.select import SelectSamples
+from beam_pipeline.stages.select import SelectSamples, ShowTestsInInstruction, to_final
 
 TESTS = "```python\nassert f(1) == 1\n```"
 
@@ -93,3 +95,33 @@ def test_final_pair_fields() -> None:
             out.main | beam.Map(lambda r: (r.id, r.instruction, r.tests, r.category, r.seed)),
             equal_to([("a.0", "Write f.", TESTS, "function", sample.seed)]),
         )
+
+
+def test_tests_in_instruction_changes_only_the_chosen_pairs() -> None:
+    pairs = [to_final(_sample(f"seed{i}.0", f"Write f number {i}.")) for i in range(200)]
+    no_asserts = dataclasses.replace(
+        to_final(_sample("seed999.0", "Write g.")), tests="```python\ndef t():\n    assert 1\n```"
+    )
+    pairs.append(no_asserts)
+    fraction = 0.5
+    chosen = {p.id for p in pairs if shows_tests(p.id, fraction)}
+    with TestPipeline() as p:
+        out = (p | beam.Create(pairs) | ShowTestsInInstruction(fraction)).main | beam.Map(
+            lambda f: (f.id, f.tests_in_instruction, f.instruction)
+        )
+        expected = [
+            (
+                pair.id,
+                pair.id in chosen and pair is not no_asserts,
+                pair.instruction
+                + (
+                    "\n\nYour code should pass the following test:\n"
+                    "```python\nassert f(1) == 1\n```"
+                    if pair.id in chosen and pair is not no_asserts
+                    else ""
+                ),
+            )
+            for pair in pairs
+        ]
+        assert_that(out, equal_to(expected))
+    assert 60 < len(chosen) < 140
