@@ -16,6 +16,7 @@ from beam_pipeline.core.decontam import BENCHMARKS, BenchmarkItem, DecontamConfi
 from beam_pipeline.core.selection import code_representation
 from beam_pipeline.options import SelfCodeAlignOptions
 from beam_pipeline.progress import show_worker_progress
+from beam_pipeline.publish import PublishError, push_final
 from beam_pipeline.records import Concepts, Execution, Instruction, Sample, Seed
 from beam_pipeline.report import collect_metrics, write_report
 from beam_pipeline.stages.common import (
@@ -248,4 +249,13 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     if not report["invariant_ok"]:
         log.error("accounting invariant violated: %s", "; ".join(report["problems"]))
     log.info("report: %s/report.json and report.html", config.output_dir)
+    repo_id = options.push_to_hub
+    if repo_id and not config.runs("final"):
+        log.warning("--push_to_hub ignored: this run did not write final/")
+    elif repo_id:
+        try:
+            push_final(config.output_dir, repo_id, report, options.hub_private)
+        except PublishError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        report["pushed_to"] = repo_id
     return report

@@ -52,6 +52,19 @@ class SelfCodeAlignOptions(PipelineOptions):
             help="Exact number of JSONL shards per stage output (0: the runner decides).",
         )
         group.add_argument(
+            "--push_to_hub",
+            default=None,
+            metavar="REPO_ID",
+            help="After a run that wrote final/, upload its shards and a dataset card to this "
+            "Hugging Face dataset repo (created if missing; token from HF_TOKEN or the cached "
+            "login).",
+        )
+        group.add_argument(
+            "--hub_private",
+            action="store_true",
+            help="Create the --push_to_hub repo as private.",
+        )
+        group.add_argument(
             "--parser",
             choices=PARSERS,
             default="auto",
