@@ -447,5 +447,8 @@ class SandboxPool:
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # No contextlib here: at interpreter exit module globals may already be None.
+        try:  # noqa: SIM105
             self.close()
+        except Exception:
+            pass
