@@ -5,7 +5,9 @@
 
 `signatures`: one process, one thread, the same synthetic Python functions for every method,
 each timed from text to a 250-permutation signature (tokenising and shingling included):
-ours (`MinHasher.signatures` on the whole batch), datasketch `update` once per shingle,
+ours (`MinHasher.signatures` on the whole batch, compiled with numba and on the numpy fallback;
+also the dedup stage's own route, `hashes` per document then `signatures_from_hashes`),
+datasketch `update` once per shingle,
 datasketch `update_batch` once per document, rensa `RMinHash.update` per document and rensa's
 bulk `digest_matrix_from_token_sets`. Ours and datasketch give identical values (checked
 here too); rensa uses another hash, so its values differ. Prints the median docs/s of --runs
@@ -35,6 +37,7 @@ import numpy as np
 import rensa
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline.core import minhash
 from beam_pipeline.core.minhash import MinHasher, shingles
 from beam_pipeline.records import Seed
 from beam_pipeline.stages.dedup import NearDedup
@@ -95,6 +98,20 @@ def _ours(texts: list[str]) -> np.ndarray:
     return MinHasher(num_perm=NUM_PERM).signatures(texts)[0]
 
 
+def _ours_numpy(texts: list[str]) -> np.ndarray:
+    compiled = minhash.kernels
+    minhash.kernels = None
+    try:
+        return _ours(texts)
+    finally:
+        minhash.kernels = compiled
+
+
+def _ours_stage_route(texts: list[str]) -> np.ndarray:
+    hasher = MinHasher(num_perm=NUM_PERM)
+    return hasher.signatures_from_hashes([hasher.hashes(t) for t in texts])
+
+
 def _datasketch_update(texts: list[str]) -> list[np.ndarray]:
     out = []
     for text in texts:
@@ -137,11 +154,17 @@ def _rate(fn: Callable[[list[str]], object], texts: list[str]) -> float:
 def bench_signatures(docs: int, runs: int) -> None:
     texts = list(corpus(docs))
     grams = sum(len(shingles(t)) for t in texts)
-    ours = _ours(texts)
+    ours = _ours(texts)  # also compiles the kernels, or loads them from numba's cache
     reference = np.vstack(_datasketch_update_batch(texts[:200]))
     assert np.array_equal(ours[:200], reference), "signatures differ from datasketch"
-    methods = {
-        "ours (batch, numpy)": _ours,
+    assert np.array_equal(ours, _ours_numpy(texts)), "numba and numpy paths differ"
+    assert np.array_equal(ours, _ours_stage_route(texts)), "stage route differs"
+    ours_name = "ours (batch, numba)" if minhash.kernels is not None else "ours (batch, numpy)"
+    methods = {ours_name: _ours}
+    if minhash.kernels is not None:
+        methods["ours (batch, numpy fallback)"] = _ours_numpy
+    methods |= {
+        "ours (hashes per doc + batch perms)": _ours_stage_route,
         "datasketch update per shingle": _datasketch_update,
         "datasketch update_batch per doc": _datasketch_update_batch,
         "rensa RMinHash.update per doc": _rensa_update,
@@ -157,7 +180,7 @@ def bench_signatures(docs: int, runs: int) -> None:
         f"python: {sys.version.split()[0]}  datasketch: {datasketch.__version__}  "
         f"numpy: {np.__version__}"
     )
-    ours_rate = medians["ours (batch, numpy)"]
+    ours_rate = medians[ours_name]
     for name, median in medians.items():
         runs_text = ", ".join(f"{r:.0f}" for r in rates[name])
         print(

@@ -14,9 +14,13 @@ shingles: the shingle hash is the first four bytes of its SHA-1 read little-endi
 `(a * h + b) mod (2**61 - 1)`, truncated to 32 bits). Both store 32-bit values, so signatures
 are `uint32` arrays either way.
 
-The speed comes from hashing every shingle of a batch once into one array and applying all
-permutations with one broadcast multiply-add and one segmented minimum per chunk, instead of
-one numpy call per shingle.
+Two implementations give the same values. With numba (the default when it is importable),
+`minhash_numba` tokenises ASCII text, hashes each shingle as a slice of the document's joined
+tokens with its own SHA-1 and applies the permutations to the document's row, all compiled
+(cached on disk, so the compile is paid once per machine, not per bundle); non-ASCII text is
+tokenised by Python first. Without numba, or with `SELFCODEALIGN_MINHASH_NUMBA=0`, the numpy
+path builds the shingle set with `hashlib.sha1`, hashes every shingle of a batch into one
+array and applies each permutation to the whole array, with a segmented minimum per document.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import re
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 
@@ -44,6 +50,20 @@ _MAX_HASH32 = np.uint64((1 << 32) - 1)
 CHUNK_ROWS = 16_384
 
 _sha1 = hashlib.sha1
+
+
+def _load_kernels() -> ModuleType | None:
+    if os.environ.get("SELFCODEALIGN_MINHASH_NUMBA", "1") == "0":
+        return None
+    try:
+        from beam_pipeline.core import minhash_numba
+    except ImportError:
+        return None
+    return minhash_numba
+
+
+# The compiled kernels, or None for the numpy path; chosen once, at import.
+kernels = _load_kernels()
 
 
 def tokenize(text: str) -> list[str]:
@@ -66,11 +86,34 @@ def shingles(text: str, ngram: int = DEFAULT_NGRAM) -> set[bytes]:
     return set(map(b" ".join, zip(*(tokens[i:] for i in range(ngram)), strict=False)))
 
 
+def _kernel_bytes(text: str) -> bytes:
+    """What the kernels tokenise: ASCII text as it is, other text already tokenised by Python."""
+    if text.isascii():
+        return text.encode("ascii")
+    # str.lower() and Unicode \w have no byte-level equivalent, so Python does them; the
+    # kernel splits the joined tokens back on the single spaces.
+    return " ".join(tokenize(text)).encode("utf-8")
+
+
+def _batch_buffer(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(buffer, offsets): the texts' kernel bytes back to back, document d at [o[d], o[d+1])."""
+    parts = [_kernel_bytes(t) for t in texts]
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
+
+
 def shingle_hashes(text: str, ngram: int = DEFAULT_NGRAM) -> np.ndarray | None:
     """32-bit SHA-1 hashes of the text's distinct shingles; None when the text is too short.
 
-    Equal to `[datasketch.hashfunc.sha1_hash32(s) for s in shingles(text)]` as a uint32 array.
+    Equal to `[datasketch.hashfunc.sha1_hash32(s) for s in shingles(text)]` as a uint32 array,
+    sorted.
     """
+    if kernels is not None:
+        hashes = kernels.distinct_shingle_hashes(
+            np.frombuffer(_kernel_bytes(text), np.uint8), ngram
+        )
+        return hashes if len(hashes) else None
     grams = shingles(text, ngram)
     if not grams:
         return None
@@ -142,6 +185,13 @@ class MinHasher:
         Rows of too-short texts are all 0xFFFFFFFF (datasketch's empty MinHash) and must not
         be deduplicated.
         """
+        if kernels is not None:
+            buf, offsets = _batch_buffer(texts)
+            out = np.full((len(texts), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+            a, b = permutations(self.num_perm, self.seed, self.scheme)
+            legacy = self.scheme == "legacy"
+            too_short = kernels.signatures(buf, offsets, self.ngram, a, b, legacy, out)
+            return out, too_short
         hashed = [self.hashes(t) for t in texts]
         too_short = np.array([h is None for h in hashed], dtype=bool)
         return self.signatures_from_hashes(hashed), too_short
@@ -154,8 +204,13 @@ class MinHasher:
         if n == 0 or not lengths.any():
             return out
         values = np.concatenate([h for h in hashed if h is not None and len(h)]).astype(np.uint32)
-        docs = np.repeat(np.arange(n), lengths)
         a, b = permutations(self.num_perm, self.seed, self.scheme)
+        if kernels is not None:
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            kernels.signatures_from_hashes(values, offsets, a, b, self.scheme == "legacy", out)
+            return out
+        docs = np.repeat(np.arange(n), lengths)
         values = _fmix32(values) if self.scheme == "affine32" else values.astype(np.uint64)
         for start in range(0, len(values), CHUNK_ROWS):
             chunk = values[start : start + CHUNK_ROWS]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import os
 import random
+import string
+import subprocess
+import sys
 
 import datasketch
 import numpy as np
@@ -43,6 +48,55 @@ def _random_texts(count: int, seed: int = 7) -> list[str]:
 
 TEXTS = _code_texts() + _random_texts(250)
 
+# Unicode case and word-character rules the compiled path leaves to Python: ß, dotted capital I
+# (lower-cases to i + a combining dot, which is not a word character), title-case digraphs,
+# final sigma, ligatures, superscripts, other scripts' digits, the Kelvin sign (lower-cases
+# to ASCII k), combining accents, CJK, emoji and zero-width or non-breaking separators.
+UNICODE_WORDS = [
+    "Straße", "İstanbul", "ǅemal", "ΟΔΟΣ", "ﬁle", "x²", "Ⅻ", "٣", "\u212a", "e\u0301",
+    "日本語", "コード", "😀", "naïve", "ÀB", "Ωmega", "\u200bzw", "a\u00a0b", "—", "Ǆ",
+]  # fmt: skip
+ASCII_WORDS = ["foo", "Bar", "BAZ", "qux_1", "x", "_y", "a-b", "c.d", "9", "e", "Z9_z", "i"]
+SEPARATORS = [" ", "  ", "\n", "\t", "(", ")", ", ", "::", "->", "", "\r\n", " # "]
+
+
+def _long_word(rng: random.Random) -> str:
+    """A 20-70 character identifier: shingles with a few of them span two or more SHA-1 blocks."""
+    return "".join(rng.choices(string.ascii_letters + string.digits + "_", k=rng.randint(20, 70)))
+
+
+def _mixed_texts(count: int, seed: int) -> list[str]:
+    """Random texts: ASCII only, with non-ASCII words, and with very long tokens."""
+    rng = random.Random(seed)
+    texts = []
+    for index in range(count):
+        words = ASCII_WORDS + (UNICODE_WORDS if index % 3 else [])
+        parts = []
+        for _ in range(rng.randint(0, 60)):
+            parts.append(_long_word(rng) if rng.random() < 0.08 else rng.choice(words))
+            parts.append(rng.choice(SEPARATORS))
+        texts.append("".join(parts))
+    return texts
+
+
+EDGE_TEXTS = [
+    "",
+    "   ...  \n",
+    "one two three four",  # 4 tokens: too short
+    "one two three four five",  # exactly one shingle
+    "ONE,two;THREE(four)five!",
+    "Straße İ ΟΔΟΣ 日本語 x²",  # exactly five tokens under Unicode rules
+    "😀 😀 a b c d",  # emoji are separators: 4 tokens
+    "İ İ İ İ",  # each İ is one token (the combining dot separates)
+    # Shingle sizes around SHA-1 block boundaries: up to 55 bytes fit one 64-byte block with the
+    # padding, 56-119 take two, 120 takes three.
+    " ".join("x" * n for n in (10, 10, 10, 10, 11, 11)),  # 55 and 56 bytes
+    " ".join(f"{i:02d}" * 6 for i in range(5)),  # 64 bytes
+    " ".join("é" * 6 for _ in range(5)),  # 64 bytes of UTF-8
+    " ".join("w" * n for n in (23, 23, 23, 23, 23, 24)),  # 119 and 120 bytes
+    "a " * 40,  # one shingle repeated
+]
+
 
 def _datasketch(text: str, num_perm: int, seed: int, scheme: str, batch: bool = True) -> np.ndarray:
     sketch = datasketch.MinHash(num_perm=num_perm, seed=seed, scheme=scheme)
@@ -53,6 +107,21 @@ def _datasketch(text: str, num_perm: int, seed: int, scheme: str, batch: bool = 
         for gram in grams:
             sketch.update(gram)
     return sketch.hashvalues.astype(np.uint64)
+
+
+NUMBA_KERNELS = minhash.kernels
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test on the compiled path and on the numpy fallback."""
+    if request.param == "numba":
+        if NUMBA_KERNELS is None:
+            pytest.skip("numba is not importable here")
+        monkeypatch.setattr(minhash, "kernels", NUMBA_KERNELS)
+    else:
+        monkeypatch.setattr(minhash, "kernels", None)
+    return request.param
 
 
 def test_tokenize_lowercases_and_splits_on_non_word_characters() -> None:
@@ -68,6 +137,7 @@ def test_shingles_are_space_joined_word_5_grams() -> None:
     assert shingles("Ünï b c d e") == {"ünï b c d e".encode()}
 
 
+@pytest.mark.usefixtures("backend")
 def test_short_texts_have_no_hashes_and_are_flagged() -> None:
     hasher = MinHasher()
     signatures, too_short = hasher.signatures(["one two three four", "", "a b c d e"])
@@ -76,10 +146,34 @@ def test_short_texts_have_no_hashes_and_are_flagged() -> None:
     assert shingle_hashes("one two three four") is None
 
 
+@pytest.mark.usefixtures("backend")
 def test_shingle_hashes_are_datasketch_sha1_hash32() -> None:
-    text = TEXTS[3]
-    expected = sorted(datasketch.hashfunc.sha1_hash32(g) for g in shingles(text))
-    assert shingle_hashes(text).tolist() == expected
+    for text in TEXTS[:60] + EDGE_TEXTS + _mixed_texts(60, seed=5):
+        expected = sorted(datasketch.hashfunc.sha1_hash32(g) for g in shingles(text))
+        hashes = shingle_hashes(text)
+        assert (hashes.tolist() if hashes is not None else []) == expected, text
+
+
+def _colliding_tokens() -> tuple[bytes, bytes]:
+    """Two different tokens with the same 32-bit SHA-1 hash (birthday search, ~80k tries)."""
+    seen: dict[bytes, bytes] = {}
+    for i in range(1_000_000):
+        token = f"t{i}".encode()
+        key = hashlib.sha1(token).digest()[:4]
+        if key in seen:
+            return seen[key], token
+        seen[key] = token
+    raise AssertionError("no collision found")
+
+
+@pytest.mark.usefixtures("backend")
+def test_shingle_hashes_keep_distinct_shingles_with_equal_hashes() -> None:
+    first, second = _colliding_tokens()
+    value = datasketch.hashfunc.sha1_hash32(first)
+    assert datasketch.hashfunc.sha1_hash32(second) == value
+    text = f"{first.decode()} {second.decode()} {first.decode()}"
+    assert shingle_hashes(text, ngram=1).tolist() == [value, value]
+    assert shingle_hashes(f"{first.decode()} {first.decode()}", ngram=1).tolist() == [value]
 
 
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])
@@ -90,6 +184,7 @@ def test_permutations_are_datasketch_permutations(scheme: str) -> None:
     assert np.array_equal(ours[1], np.asarray(theirs[1]))
 
 
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])
 @pytest.mark.parametrize(("num_perm", "seed"), [(250, 1), (128, 42), (9, 1234)])
 def test_signatures_equal_datasketch_on_many_texts(scheme: str, num_perm: int, seed: int) -> None:
@@ -102,6 +197,20 @@ def test_signatures_equal_datasketch_on_many_texts(scheme: str, num_perm: int, s
         )
 
 
+@pytest.mark.usefixtures("backend")
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+def test_signatures_equal_datasketch_on_unicode_long_and_edge_texts(scheme: str) -> None:
+    texts = EDGE_TEXTS + _mixed_texts(300, seed=11)
+    lengths = [len(g) for t in texts for g in shingles(t)]
+    assert sum(55 < n < 120 for n in lengths) > 50 and sum(n >= 120 for n in lengths) > 10
+    signatures, too_short = MinHasher(scheme=scheme).signatures(texts)
+    assert too_short[:8].tolist() == [True, True, True, False, False, False, True, True]
+    for text, signature, short in zip(texts, signatures, too_short, strict=True):
+        assert short == (not shingles(text))
+        assert np.array_equal(signature.astype(np.uint64), _datasketch(text, 250, 1, scheme)), text
+
+
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])
 def test_signatures_equal_datasketch_update_per_shingle(scheme: str) -> None:
     signatures, _ = MinHasher(scheme=scheme).signatures(TEXTS[:40])
@@ -117,6 +226,7 @@ def test_default_is_datasketch_default() -> None:
     assert np.array_equal(MinHasher().signatures([text])[0][0], sketch.hashvalues)
 
 
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])
 def test_batching_and_chunking_do_not_change_signatures(
     monkeypatch: pytest.MonkeyPatch, scheme: str
@@ -131,9 +241,54 @@ def test_batching_and_chunking_do_not_change_signatures(
     assert np.array_equal(whole, chunked)
 
 
+@pytest.mark.usefixtures("backend")
 def test_empty_batch() -> None:
     signatures, too_short = MinHasher(num_perm=16).signatures([])
     assert signatures.shape == (0, 16) and too_short.shape == (0,)
+    assert MinHasher(num_perm=16).signatures_from_hashes([]).shape == (0, 16)
+
+
+needs_numba = pytest.mark.skipif(NUMBA_KERNELS is None, reason="numba is not importable here")
+
+
+@needs_numba
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+def test_numba_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch, scheme: str) -> None:
+    texts = _mixed_texts(3000, seed=23) + TEXTS + EDGE_TEXTS
+    hasher = MinHasher(num_perm=100, seed=7, scheme=scheme)
+    compiled, compiled_short = hasher.signatures(texts)
+    compiled_hashes = [hasher.hashes(t) for t in texts[:500]]
+    compiled_from_hashes = hasher.signatures_from_hashes(compiled_hashes)
+    monkeypatch.setattr(minhash, "kernels", None)
+    plain, plain_short = hasher.signatures(texts)
+    plain_hashes = [hasher.hashes(t) for t in texts[:500]]
+    assert np.array_equal(compiled, plain)
+    assert np.array_equal(compiled_short, plain_short)
+    for ours, theirs in zip(compiled_hashes, plain_hashes, strict=True):
+        assert (ours is None and theirs is None) or np.array_equal(ours, theirs)
+    assert np.array_equal(compiled_from_hashes, hasher.signatures_from_hashes(plain_hashes))
+
+
+@needs_numba
+def test_numba_sha1_equals_hashlib() -> None:
+    rng = random.Random(13)
+    messages = [rng.randbytes(n) for n in range(301)] + [rng.randbytes(n) for n in range(301)]
+    rng.shuffle(messages)
+    lengths = np.array([len(m) for m in messages], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    data = np.frombuffer(b"".join(messages), dtype=np.uint8)
+    hashes = NUMBA_KERNELS.sha1_hash32_slices(data, ends - lengths, ends)
+    expected = [int.from_bytes(hashlib.sha1(m).digest()[:4], "little") for m in messages]
+    assert hashes.tolist() == expected
+
+
+def test_environment_variable_selects_numpy_path() -> None:
+    code = "from beam_pipeline.core import minhash; print(minhash.kernels is None)"
+    env = dict(os.environ, SELFCODEALIGN_MINHASH_NUMBA="0")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "True"
 
 
 def _pair_at(similarity: float, tag: str, length: int = 160) -> tuple[str, str]:

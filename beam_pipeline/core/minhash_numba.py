@@ -1,0 +1,357 @@
+"""Numba kernels behind `minhash.py`: tokens, shingle SHA-1 and permutations, compiled.
+
+`minhash.py` imports this module only when numba is importable (and not switched off); every
+kernel reproduces, bit for bit, what the module's numpy path computes.
+
+A batch arrives as one uint8 buffer holding every document back to back, with document
+offsets. ASCII documents are their raw text: the kernel lower-cases ASCII letters and splits on
+anything outside `[A-Za-z0-9_]`, which is exactly `re.findall(r"\\w+", text.lower())` on ASCII.
+Other documents arrive already tokenised by Python (UTF-8 tokens joined by single spaces); their
+bytes >= 0x80 count as word bytes, so the same split gives back Python's tokens. The tokens are
+rewritten joined by single spaces, which makes every shingle a contiguous slice of that buffer:
+it is hashed in place, never built as a bytes object.
+
+SHA-1 runs on `_LANES` shingles side by side (all with the same number of 64-byte blocks), each
+step one loop over the lanes, which the compiler turns into SIMD instructions: a single
+message's rounds depend on each other and leave most of the core idle.
+
+numba promotes uint32 operands to 64 bits and turns a uint64 mixed with a Python int into a
+signed or float value, hence the explicit `np.uint32(...)` narrowing and typed constants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_LANES = 64
+
+_U32 = np.uint32
+_M32 = np.uint64(0xFFFFFFFF)
+_MERSENNE = np.uint64((1 << 61) - 1)
+_U61 = np.uint64(61)
+_U32_SHIFT = np.uint64(32)
+_HIGH_WORD = np.uint64(0xFFFFFFFF00000000)
+_FMIX_M1 = np.uint64(0x85EBCA6B)
+_FMIX_M2 = np.uint64(0xC2B2AE35)
+_SHA1_INIT = np.array([0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0], np.uint32)
+
+
+def _byte_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(is a word byte, the byte with ASCII letters lower-cased) for every byte value."""
+    codes = np.arange(256)
+    lower = (codes >= ord("a")) & (codes <= ord("z"))
+    upper = (codes >= ord("A")) & (codes <= ord("Z"))
+    digit = (codes >= ord("0")) & (codes <= ord("9"))
+    word = lower | upper | digit | (codes == ord("_")) | (codes >= 0x80)
+    return word, np.where(upper, codes + 32, codes).astype(np.uint8)
+
+
+_WORD_BYTE, _LOWER_BYTE = _byte_tables()
+
+
+@njit(cache=True)
+def join_tokens(
+    buf: np.ndarray, doc_offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(joined, token starts, token ends, per-document token offsets) of a batch buffer.
+
+    `joined` holds each document's lower-cased tokens separated by one space, so the n-gram of
+    tokens i..i+n-1 is `joined[starts[i]:ends[i + n - 1]]`.
+    """
+    n_docs = len(doc_offsets) - 1
+    joined = np.empty(len(buf), np.uint8)
+    # A document of n bytes has at most (n + 1) // 2 tokens.
+    max_tokens = (len(buf) + n_docs) // 2
+    starts = np.empty(max_tokens, np.int64)
+    ends = np.empty(max_tokens, np.int64)
+    doc_tokens = np.zeros(n_docs + 1, np.int64)
+    out = 0
+    count = 0
+    for d in range(n_docs):
+        in_token = False
+        for p in range(doc_offsets[d], doc_offsets[d + 1]):
+            c = buf[p]
+            if _WORD_BYTE[c]:
+                if not in_token:
+                    if count > doc_tokens[d]:
+                        joined[out] = 32
+                        out += 1
+                    starts[count] = out
+                    in_token = True
+                joined[out] = _LOWER_BYTE[c]
+                out += 1
+            elif in_token:
+                ends[count] = out
+                count += 1
+                in_token = False
+        if in_token:
+            ends[count] = out
+            count += 1
+        doc_tokens[d + 1] = count
+    return joined[:out], starts[:count], ends[:count], doc_tokens
+
+
+@njit(cache=True)
+def _big_endian_words(data: np.ndarray) -> np.ndarray:
+    """words[p] = data[p:p + 4] read big-endian, zero past the end; len(data) + 1 entries."""
+    n = len(data)
+    words = np.zeros(n + 1, np.uint32)
+    for p in range(n - 3):
+        words[p] = (
+            (_U32(data[p]) << _U32(24))
+            | (_U32(data[p + 1]) << _U32(16))
+            | (_U32(data[p + 2]) << _U32(8))
+            | _U32(data[p + 3])
+        )
+    for p in range(max(n - 3, 0), n):
+        word = _U32(0)
+        for q in range(4):
+            byte = _U32(data[p + q]) if p + q < n else _U32(0)
+            word = _U32((word << _U32(8)) | byte)
+        words[p] = word
+    return words
+
+
+@njit(cache=True)
+def _message_block(
+    w: np.ndarray,
+    words: np.ndarray,
+    lane_start: np.ndarray,
+    lane_length: np.ndarray,
+    lanes: int,
+    block: int,
+    last: bool,
+) -> None:
+    """Words 0-15 of every lane's padded message block: data, 0x80, zeros, bit length."""
+    base = 64 * block
+    for lane in range(lanes):
+        start = lane_start[lane] + base
+        rest = lane_length[lane] - base  # message bytes in this block and after it
+        full = min(max(rest, 0) // 4, 16)
+        for t in range(full):
+            w[t, lane] = words[start + 4 * t]
+        if full < 16:
+            partial = rest - 4 * full  # message bytes in word `full`: 0-3, or < 0 if none
+            word = _U32(0)
+            if partial >= 0:
+                # Keep the top `partial` bytes of the word, then the 0x80 byte after them.
+                mask = (_HIGH_WORD >> np.uint64(8 * partial)) & _M32
+                pad = np.uint64(0x80) << np.uint64(8 * (3 - partial))
+                word = _U32((np.uint64(words[start + 4 * full]) & mask) | pad)
+            w[full, lane] = word
+            for t in range(full + 1, 16):
+                w[t, lane] = 0
+        if last:
+            bits = np.uint64(lane_length[lane]) * np.uint64(8)
+            w[14, lane] = _U32(bits >> _U32_SHIFT)
+            w[15, lane] = _U32(bits & _M32)
+
+
+@njit(cache=True)
+def _rotl(x: np.uint32, n: int) -> np.uint32:
+    return _U32((x << _U32(n)) | (x >> _U32(32 - n)))
+
+
+@njit(cache=True)
+def _compress(h: np.ndarray, s: np.ndarray, w: np.ndarray, lanes: int) -> None:
+    """One SHA-1 block per lane: h[:, lane] absorbs message words w[0:16, lane]."""
+    for t in range(16, 80):
+        for lane in range(lanes):
+            w[t, lane] = _rotl(
+                w[t - 3, lane] ^ w[t - 8, lane] ^ w[t - 14, lane] ^ w[t - 16, lane], 1
+            )
+    s[:, :lanes] = h[:, :lanes]
+    for t in range(80):
+        for lane in range(lanes):
+            a, b, c, d, e = s[0, lane], s[1, lane], s[2, lane], s[3, lane], s[4, lane]
+            if t < 20:
+                f = _U32((b & c) | (~b & d)) + _U32(0x5A827999)
+            elif t < 40:
+                f = _U32(b ^ c ^ d) + _U32(0x6ED9EBA1)
+            elif t < 60:
+                f = _U32((b & c) | (b & d) | (c & d)) + _U32(0x8F1BBCDC)
+            else:
+                f = _U32(b ^ c ^ d) + _U32(0xCA62C1D6)
+            s[0, lane] = _U32(_rotl(a, 5) + f + e + w[t, lane])
+            s[1, lane] = a
+            s[2, lane] = _rotl(b, 30)
+            s[3, lane] = c
+            s[4, lane] = d
+    for r in range(5):
+        for lane in range(lanes):
+            h[r, lane] = _U32(h[r, lane] + s[r, lane])
+
+
+@njit(cache=True)
+def sha1_hash32_slices(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """datasketch's `sha1_hash32(data[s:e])` for every (s, e): digest bytes 0-3, little-endian."""
+    n = len(starts)
+    words = _big_endian_words(data)
+    lengths = ends - starts
+    blocks = (lengths + 8) // 64 + 1  # the 0x80 byte and the 8-byte length must fit
+    # Counting sort by block count: the lanes of one group all run the same number of blocks.
+    max_blocks = 0
+    for i in range(n):
+        max_blocks = max(max_blocks, blocks[i])
+    first = np.zeros(max_blocks + 2, np.int64)
+    for i in range(n):
+        first[blocks[i] + 1] += 1
+    for k in range(1, max_blocks + 2):
+        first[k] += first[k - 1]
+    order = np.empty(n, np.int64)
+    fill = first.copy()
+    for i in range(n):
+        order[fill[blocks[i]]] = i
+        fill[blocks[i]] += 1
+
+    out = np.empty(n, np.uint32)
+    h = np.empty((5, _LANES), np.uint32)
+    s = np.empty((5, _LANES), np.uint32)
+    w = np.empty((80, _LANES), np.uint32)
+    lane_start = np.empty(_LANES, np.int64)
+    lane_length = np.empty(_LANES, np.int64)
+    for count in range(1, max_blocks + 1):
+        for group in range(first[count], first[count + 1], _LANES):
+            lanes = min(_LANES, first[count + 1] - group)
+            for lane in range(lanes):
+                i = order[group + lane]
+                lane_start[lane] = starts[i]
+                lane_length[lane] = lengths[i]
+                for r in range(5):
+                    h[r, lane] = _SHA1_INIT[r]
+            for block in range(count):
+                _message_block(w, words, lane_start, lane_length, lanes, block, block == count - 1)
+                _compress(h, s, w, lanes)
+            for lane in range(lanes):
+                # The digest is big-endian and datasketch reads it little-endian: a byte swap.
+                x = h[0, lane]
+                out[order[group + lane]] = _U32(
+                    (x >> _U32(24))
+                    | ((x >> _U32(8)) & _U32(0xFF00))
+                    | ((x << _U32(8)) & _U32(0xFF0000))
+                    | (x << _U32(24))
+                )
+    return out
+
+
+@njit(cache=True)
+def _shingle_slices(
+    starts: np.ndarray, ends: np.ndarray, doc_tokens: np.ndarray, ngram: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shingle starts, shingle ends, per-document shingle offsets) from token positions."""
+    n_docs = len(doc_tokens) - 1
+    doc_shingles = np.zeros(n_docs + 1, np.int64)
+    for d in range(n_docs):
+        doc_shingles[d + 1] = doc_shingles[d] + max(
+            doc_tokens[d + 1] - doc_tokens[d] - ngram + 1, 0
+        )
+    gram_starts = np.empty(doc_shingles[n_docs], np.int64)
+    gram_ends = np.empty(doc_shingles[n_docs], np.int64)
+    for d in range(n_docs):
+        first = doc_tokens[d]
+        for j in range(doc_shingles[d + 1] - doc_shingles[d]):
+            gram_starts[doc_shingles[d] + j] = starts[first + j]
+            gram_ends[doc_shingles[d] + j] = ends[first + j + ngram - 1]
+    return gram_starts, gram_ends, doc_shingles
+
+
+@njit(cache=True)
+def _fmix32(h: np.uint64) -> np.uint64:
+    h = h ^ (h >> np.uint64(16))
+    h = (h * _FMIX_M1) & _M32
+    h = h ^ (h >> np.uint64(13))
+    h = (h * _FMIX_M2) & _M32
+    return h ^ (h >> np.uint64(16))
+
+
+@njit(cache=True)
+def signatures_from_hashes(
+    values: np.ndarray,
+    doc_offsets: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    legacy: bool,
+    out: np.ndarray,
+) -> None:
+    """Minimises row d of `out` over the permuted `values[doc_offsets[d]:doc_offsets[d + 1]]`.
+
+    Repeated values are harmless (they cannot change a minimum), so no set is needed.
+    """
+    for d in range(len(doc_offsets) - 1):
+        row = out[d]
+        for i in range(doc_offsets[d], doc_offsets[d + 1]):
+            h = np.uint64(values[i])
+            if legacy:
+                for k in range(len(row)):
+                    value = a[k] * h + b[k]  # uint64 wrap-around, as numpy does in datasketch
+                    # mod 2**61-1 without a division: 2**61 = 1 mod p and value >> 61 < 8, so
+                    # the sum is below 2p and one conditional subtraction completes it.
+                    value = (value & _MERSENNE) + (value >> _U61)
+                    if value >= _MERSENNE:
+                        value -= _MERSENNE
+                    row[k] = min(row[k], _U32(value & _M32))
+            else:
+                mixed = _fmix32(h)
+                for k in range(len(row)):
+                    # Only the low 32 bits of the product survive: a * h + b mod 2**32.
+                    row[k] = min(row[k], _U32(np.uint64(a[k]) * mixed + np.uint64(b[k])))
+
+
+@njit(cache=True)
+def signatures(
+    buf: np.ndarray,
+    doc_offsets: np.ndarray,
+    ngram: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    legacy: bool,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Minimises every document's row of `out` over its shingles; returns the too-short mask."""
+    joined, starts, ends, doc_tokens = join_tokens(buf, doc_offsets)
+    gram_starts, gram_ends, doc_shingles = _shingle_slices(starts, ends, doc_tokens, ngram)
+    hashes = sha1_hash32_slices(joined, gram_starts, gram_ends)
+    signatures_from_hashes(hashes, doc_shingles, a, b, legacy, out)
+    return doc_shingles[1:] == doc_shingles[:-1]
+
+
+@njit(cache=True)
+def distinct_shingle_hashes(buf: np.ndarray, ngram: int) -> np.ndarray:
+    """Sorted hashes of one document's distinct shingles (empty when it is too short).
+
+    Shingles are compared by their bytes, not their hashes, so two different shingles whose
+    32-bit hashes collide both count, as in a set of shingles.
+    """
+    joined, starts, ends, doc_tokens = join_tokens(buf, np.array([0, len(buf)], np.int64))
+    gram_starts, gram_ends, _ = _shingle_slices(starts, ends, doc_tokens, ngram)
+    count = len(gram_starts)
+    hashes = sha1_hash32_slices(joined, gram_starts, gram_ends)
+    order = np.argsort(hashes, kind="mergesort")
+    out = np.empty(count, np.uint32)
+    kept = np.empty(count, np.int64)  # the distinct shingles among the current equal hashes
+    n_out = 0
+    run_start = 0
+    while run_start < count:
+        value = hashes[order[run_start]]
+        run_end = run_start + 1
+        while run_end < count and hashes[order[run_end]] == value:
+            run_end += 1
+        n_kept = 0
+        for j in range(run_start, run_end):
+            g = order[j]
+            new = True
+            for r in range(n_kept):
+                k = kept[r]
+                if np.array_equal(
+                    joined[gram_starts[g] : gram_ends[g]], joined[gram_starts[k] : gram_ends[k]]
+                ):
+                    new = False
+                    break
+            if new:
+                kept[n_kept] = g
+                n_kept += 1
+                out[n_out] = value
+                n_out += 1
+        run_start = run_end
+    return out[:n_out]
