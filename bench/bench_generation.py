@@ -8,16 +8,20 @@ samples, temperature 0.7, stop strings) for SmolLM2-135M-Instruct:
 (a) flood: every request sent straight to the server with asyncio + httpx at a fixed
     concurrency; a sweep picks the best concurrency first. The upper bound for any client.
 (b) Beam's own `VLLMCompletionsModelHandler` in `RunInference` (FnApiRunner, one worker),
-    with the same vLLM flags and its batch size set to (a)'s best concurrency. It starts its
-    own server; its time runs from its first batch to its last, so start-up is excluded.
+    batch size = (a)'s best concurrency. Its inference code is Beam's; only `load_model`
+    returns the server (a) and (c) use instead of starting another one, so all three meet the
+    same server process. `--beam-own-server` also runs it with the server Beam starts itself
+    (same vLLM flags), timed from its first batch to its last so start-up is excluded.
 (c) our `GenerateResponses` stage (FnApiRunner, one worker, `max_in_flight` = (a)'s best
     concurrency) against the same server as (a); its time is the whole pipeline run,
     pipeline start-up included.
 
 (a) and (c) send identical requests with identical per-request seeds, so they generate the
-same tokens. Prefix caching is off on both servers so that no run profits from an earlier
-one. (a) and (c) alternate for `--runs` rounds; medians are reported. The Beam baseline runs
-in a child process group that is killed at the end (its server is never stopped by Beam).
+same tokens; Beam sends one set of arguments per batch, so no per-request seed. Prefix caching
+is off so that no run profits from an earlier one. Each round runs (a), (b) and (c) in a
+rotating order; medians over `--runs` rounds are reported. (b) and (c) are timed over the
+whole pipeline run. With `--beam-own-server`, Beam's handler runs in a child process group
+that is killed at the end (Beam never stops the server it starts).
 """
 
 from __future__ import annotations
@@ -152,24 +156,46 @@ def run_stage(base_url: str, items: list[Instruction], n: int, max_tokens: int,
 
 
 # ----------------------------------------------------------------------------------------------
-# (b) Beam's VLLMCompletionsModelHandler (runs in a child process: `--beam-child`)
+# (b) Beam's VLLMCompletionsModelHandler
 
 
-def beam_child(args: argparse.Namespace) -> None:
+def _beam_pipeline(handler: object, prompts: list[str], body: dict) -> tuple[int, float, float]:
+    """Runs RunInference(handler); (output tokens, pipeline seconds, first-to-last batch s)."""
     import apache_beam as beam
     from apache_beam.metrics import Metrics
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.ml.inference.base import RunInference
-    from apache_beam.ml.inference.vllm_inference import VLLMCompletionsModelHandler
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    # Metrics, not closures: the handler and the lambdas below run as unpickled copies.
+    output_tokens = Metrics.counter("bench", "output_tokens")
+    start = time.monotonic()
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    _ = (
+        pipeline
+        | beam.Create(prompts)
+        | RunInference(handler, inference_args=body)
+        | beam.Map(lambda r: output_tokens.inc(r.inference.usage.completion_tokens))
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.monotonic() - start
+    metrics = result.metrics().query(MetricsFilter().with_namespace("bench"))
+    spans = {m.key.metric.name: m.committed for m in metrics["distributions"]}
+    tokens = sum(m.committed for m in metrics["counters"])
+    span = (spans["batch_end_ms"].max - spans["batch_start_ms"].min) / 1000
+    return tokens, wall, span
+
+
+def _timed_handler_class() -> type:
+    from apache_beam.metrics import Metrics
+    from apache_beam.ml.inference.vllm_inference import VLLMCompletionsModelHandler
+
+    # Metrics, not closures: RunInference works on unpickled copies of the handler.
     batch_start = Metrics.distribution("bench", "batch_start_ms")
     batch_end = Metrics.distribution("bench", "batch_end_ms")
-    output_tokens = Metrics.counter("bench", "output_tokens")
 
     class TimedHandler(VLLMCompletionsModelHandler):
-        """Only records when batches start and end; behaviour is Beam's."""
+        """Records when batches start and end; inference is Beam's own code."""
 
         def run_inference(
             self, batch: list[str], model: object, inference_args: dict | None = None
@@ -179,10 +205,47 @@ def beam_child(args: argparse.Namespace) -> None:
             batch_end.update(int(time.time() * 1000))
             return out
 
-    items = instructions(args.items)
-    reqs = requests_for(items, args.n, args.max_new_tokens)
+    return TimedHandler
+
+
+class _ExistingServer:
+    """Stands in for Beam's _VLLMModelServer: the port of the server (a) and (c) use."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def get_server_port(self) -> int:
+        return self.port
+
+    def check_connectivity(self, retries: int = 3) -> None:
+        pass
+
+
+def beam_on_our_server(base_url: str, reqs: list[tuple[str, dict]], batch: int) -> tuple:
+    """Beam's handler, unchanged except that load_model returns our running server."""
+    timed = _timed_handler_class()
+    port = int(base_url.rsplit(":", 1)[1])
+
+    class SharedServerHandler(timed):
+        def load_model(self) -> _ExistingServer:  # type: ignore[override]
+            return _ExistingServer(port)
+
+        def share_model_across_processes(self) -> bool:
+            return False
+
+    handler = SharedServerHandler(SERVED, min_batch_size=batch, max_batch_size=batch)
+    return _beam_pipeline(handler, [p for p, _ in reqs], _beam_body(reqs))
+
+
+def _beam_body(reqs: list[tuple[str, dict]]) -> dict:
     body = dict(reqs[0][1])
     body.pop("seed", None)  # Beam sends the same arguments for every element of a batch
+    return body
+
+
+def beam_child(args: argparse.Namespace) -> None:
+    """`--beam-child`: Beam's handler with the server it starts itself (own process group)."""
+    reqs = requests_for(instructions(args.items), args.n, args.max_new_tokens)
     cmd = server_command(serve_config(args.model_dir, ""), 0, "cpu")
     flags: dict[str, str | None] = {}
     i = cmd.index("--port") + 2
@@ -196,26 +259,14 @@ def beam_child(args: argparse.Namespace) -> None:
             i += 1
     flags.pop("served-model-name", None)  # Beam asks for the model by its path
     os.environ.update(server_env(serve_config(args.model_dir, ""), "cpu"))
-    handler = TimedHandler(
+    handler = _timed_handler_class()(
         args.model_dir, vllm_server_kwargs=flags,
         min_batch_size=args.beam_batch, max_batch_size=args.beam_batch,
     )  # fmt: skip
     results = []
     for _ in range(args.runs):
-        pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
-        _ = (
-            pipeline
-            | beam.Create([p for p, _ in reqs])
-            | RunInference(handler, inference_args=body)
-            | beam.Map(lambda r: output_tokens.inc(r.inference.usage.completion_tokens))
-        )
-        result = pipeline.run()
-        result.wait_until_finish()
-        metrics = result.metrics().query(MetricsFilter().with_namespace("bench"))
-        by_name = {m.key.metric.name: m.committed for m in metrics["distributions"]}
-        tokens = sum(m.committed for m in metrics["counters"])
-        seconds = (by_name["batch_end_ms"].max - by_name["batch_start_ms"].min) / 1000
-        results.append({"tokens": tokens, "seconds": seconds})
+        tokens, _wall, span = _beam_pipeline(handler, [p for p, _ in reqs], _beam_body(reqs))
+        results.append({"tokens": tokens, "seconds": span})
     print("BEAM_RESULT " + json.dumps(results), flush=True)
 
 
@@ -252,7 +303,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", default="8,16,32")
-    parser.add_argument("--skip-beam", action="store_true")
+    parser.add_argument(
+        "--beam-own-server",
+        action="store_true",
+        help="also run Beam's handler with the vLLM server it starts itself (after the rounds)",
+    )
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--log-dir", default="/tmp/selfcodealign-bench")
     parser.add_argument("--beam-child", action="store_true", help=argparse.SUPPRESS)
@@ -266,45 +321,52 @@ def main() -> None:
     args.model_dir = args.model_dir or str(prepare("smollm2"))
     items = instructions(args.items)
     reqs = requests_for(items, args.n, args.max_new_tokens)
-    print(
-        f"items {args.items} x n={args.n}, max_new_tokens {args.max_new_tokens}, runs {args.runs}"
-    )
+    print(f"items {args.items} x n={args.n}, max_new_tokens {args.max_new_tokens}, "
+          f"runs {args.runs}, load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     config = serve_config(args.model_dir, str(Path(args.log_dir) / "server.log"))
+    runs: dict[str, list[float]] = {"flood": [], "stage": [], "beam": []}
     with VLLMServer(config) as server:
         flood(server.base_url, reqs[:4], 4)  # warm-up
         sweep = {}
         for c in (int(x) for x in args.concurrency.split(",")):
             tokens, seconds = flood(server.base_url, reqs, c)
             sweep[c] = tokens / seconds
-            print(f"sweep: flood concurrency {c:3d}: {sweep[c]:7.1f} tok/s ({tokens} tokens)")
+            print(f"sweep: flood concurrency {c:3d}: {sweep[c]:7.1f} tok/s ({tokens} tokens)",
+                  flush=True)  # fmt: skip
         best = max(sweep, key=sweep.get)
-        flood_runs, stage_runs = [], []
+        kinds = ["flood", "stage", "beam"]
         for run in range(args.runs):
-            order = ("flood", "stage") if run % 2 == 0 else ("stage", "flood")
-            for what in order:
+            for what in kinds[run % 3 :] + kinds[: run % 3]:  # rotate the order every round
                 if what == "flood":
                     tokens, seconds = flood(server.base_url, reqs, best)
-                    flood_runs.append(tokens / seconds)
-                else:
+                    extra = ""
+                elif what == "stage":
                     tokens, seconds = run_stage(
                         server.base_url, items, args.n, args.max_new_tokens, best
                     )
-                    stage_runs.append(tokens / seconds)
+                    extra = " (whole pipeline)"
+                else:
+                    tokens, seconds, span = beam_on_our_server(server.base_url, reqs, best)
+                    extra = f" (whole pipeline; first-to-last batch {tokens / span:.1f} tok/s)"
+                runs[what].append(tokens / seconds)
                 print(f"run {run}: {what:5s} {tokens / seconds:7.1f} tok/s ({tokens} tokens, "
-                      f"{seconds:.1f} s)", flush=True)  # fmt: skip
-    flood_med = statistics.median(flood_runs)
-    stage_med = statistics.median(stage_runs)
-    print(f"(a) flood, concurrency {best}: {flood_med:7.1f} tok/s  runs {fmt(flood_runs)}")
-    print(f"(c) GenerateResponses stage:   {stage_med:7.1f} tok/s  runs {fmt(stage_runs)}")
-    print(f"ratio (c)/(a): {stage_med / flood_med:.3f}")
-    if args.skip_beam:
-        return
-    args.beam_batch = best
-    beam_runs = [r["tokens"] / r["seconds"] for r in run_beam_baseline(args)]
-    beam_med = statistics.median(beam_runs)
-    print(f"(b) Beam VLLMCompletionsModelHandler, batch {best}: {beam_med:7.1f} tok/s  "
-          f"runs {fmt(beam_runs)}")  # fmt: skip
-    print(f"ratio (c)/(b): {stage_med / beam_med:.3f}")
+                      f"{seconds:.1f} s){extra}", flush=True)  # fmt: skip
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    labels = {
+        "flood": f"(a) flood, concurrency {best}",
+        "beam": f"(b) Beam VLLMCompletionsModelHandler, batch {best}",
+        "stage": f"(c) GenerateResponses, max_in_flight {best}",
+    }
+    for kind, label in labels.items():
+        print(f"{label:52s} {med[kind]:7.1f} tok/s  runs {fmt(runs[kind])}")
+    print(f"ratio (c)/(a): {med['stage'] / med['flood']:.3f}")
+    print(f"ratio (c)/(b): {med['stage'] / med['beam']:.3f}")
+    if args.beam_own_server:
+        args.beam_batch = best
+        own = [r["tokens"] / r["seconds"] for r in run_beam_baseline(args)]
+        print(f"(b') Beam handler with its own server, first-to-last batch: "
+              f"{statistics.median(own):7.1f} tok/s  {fmt(own)}")  # fmt: skip
 
 
 def fmt(values: list[float]) -> str:
