@@ -210,6 +210,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     """Runs the pipeline; returns the report. Exits with a message on bad options."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     show_worker_progress()
     options = SelfCodeAlignOptions(argv if argv is not None else sys.argv[1:])
     try:

@@ -1,8 +1,8 @@
 """Progress lines while a pipeline runs: records handled per step and rate, per process.
 
 Every stage DoFn notes each record it routes (output, rejection or dead letter). At most once
-per interval a process logs one line with its totals per step and the output rate between its
-first and latest record, e.g.
+per interval a process logs one line with the totals of the steps that moved since its
+previous line, and each one's output rate between its first and latest record, e.g.
 
     progress pid 4711 after 92 s: responses.GenerateResponses out=40 rejected=3 errors=0 (0.4/s)
 
@@ -63,6 +63,7 @@ class Progress:
         self._clock = clock
         self._lock = threading.Lock()
         self._steps: dict[str, StepCounts] = {}
+        self._shown: dict[str, tuple[int, int, int]] = {}
         self._started = clock()
         self._last_line = self._started
 
@@ -84,16 +85,22 @@ class Progress:
         self._emit(line)
 
     def line(self, now: float | None = None) -> str:
+        """Totals of the steps that handled records since the previous line."""
         now = self._clock() if now is None else now
         parts = []
         for step, c in sorted(self._steps.items()):
+            totals = (c.out, c.rejected, c.errors)
+            if self._shown.get(step) == totals:
+                continue  # finished or waiting: its numbers are in the previous lines
+            self._shown[step] = totals
             # The rate while the step was active: a finished step keeps its rate.
             elapsed = max(c.last_at - c.first_at, 1.0)
             parts.append(
                 f"{step} out={c.out} rejected={c.rejected} errors={c.errors} "
                 f"({c.out / elapsed:.1f}/s)"
             )
-        return f"progress pid {os.getpid()} after {now - self._started:.0f} s: " + " | ".join(parts)
+        head = f"progress pid {os.getpid()} after {now - self._started:.0f} s: "
+        return head + (" | ".join(parts) if parts else "no new records")
 
 
 _progress: Progress | None = None

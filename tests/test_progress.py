@@ -40,6 +40,13 @@ def test_lines_are_throttled_and_carry_counts_and_rates() -> None:
     assert "execute.RunPrograms out=0 rejected=0 errors=2 (0.0/s)" in line
     progress.note("execute.RunPrograms", "out")
     assert len(lines) == 1  # the next line waits for the next interval
+    clock.now += 10.0
+    progress.note("execute.RunPrograms", "out")
+    assert len(lines) == 2
+    # only the step that moved since the previous line
+    assert "execute.RunPrograms out=2 rejected=0 errors=2" in lines[1]
+    assert "concepts" not in lines[1]
+    assert progress.line().endswith("no new records")
 
 
 def test_interval_zero_turns_lines_off() -> None:
