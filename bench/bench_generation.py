@@ -8,7 +8,8 @@ samples, temperature 0.7, stop strings) for SmolLM2-135M-Instruct:
 (a) flood: every request sent straight to the server with asyncio + httpx at a fixed
     concurrency; a sweep picks the best concurrency first. The upper bound for any client.
 (b) Beam's own `VLLMCompletionsModelHandler` in `RunInference` (FnApiRunner, one worker),
-    batch size = (a)'s best concurrency. Its inference code is Beam's; only `load_model`
+    batch size = (a)'s best concurrency (`--beam-default-batching` adds (b2): Beam's default,
+    adaptive batch sizes). Its inference code is Beam's; only `load_model`
     returns the server (a) and (c) use instead of starting another one, so all three meet the
     same server process. `--beam-own-server` also runs it with the server Beam starts itself
     (same vLLM flags), timed from its first batch to its last so start-up is excluded.
@@ -221,8 +222,10 @@ class _ExistingServer:
         pass
 
 
-def beam_on_our_server(base_url: str, reqs: list[tuple[str, dict]], batch: int) -> tuple:
-    """Beam's handler, unchanged except that load_model returns our running server."""
+def beam_on_our_server(base_url: str, reqs: list[tuple[str, dict]], batch: int | None) -> tuple:
+    """Beam's handler, unchanged except that load_model returns our running server.
+
+    `batch` None keeps Beam's default batching (BatchElements sizes batches adaptively)."""
     timed = _timed_handler_class()
     port = int(base_url.rsplit(":", 1)[1])
 
@@ -233,7 +236,8 @@ def beam_on_our_server(base_url: str, reqs: list[tuple[str, dict]], batch: int) 
         def share_model_across_processes(self) -> bool:
             return False
 
-    handler = SharedServerHandler(SERVED, min_batch_size=batch, max_batch_size=batch)
+    sizes = {} if batch is None else {"min_batch_size": batch, "max_batch_size": batch}
+    handler = SharedServerHandler(SERVED, **sizes)
     return _beam_pipeline(handler, [p for p, _ in reqs], _beam_body(reqs))
 
 
@@ -308,6 +312,11 @@ def main() -> None:
         action="store_true",
         help="also run Beam's handler with the vLLM server it starts itself (after the rounds)",
     )
+    parser.add_argument(
+        "--beam-default-batching",
+        action="store_true",
+        help="also run Beam's handler with its default (adaptive) batch sizes in every round",
+    )
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--log-dir", default="/tmp/selfcodealign-bench")
     parser.add_argument("--beam-child", action="store_true", help=argparse.SUPPRESS)
@@ -324,7 +333,7 @@ def main() -> None:
     print(f"items {args.items} x n={args.n}, max_new_tokens {args.max_new_tokens}, "
           f"runs {args.runs}, load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     config = serve_config(args.model_dir, str(Path(args.log_dir) / "server.log"))
-    runs: dict[str, list[float]] = {"flood": [], "stage": [], "beam": []}
+    runs: dict[str, list[float]] = {"flood": [], "stage": [], "beam": [], "beam-default": []}
     with VLLMServer(config) as server:
         flood(server.base_url, reqs[:4], 4)  # warm-up
         sweep = {}
@@ -334,9 +343,12 @@ def main() -> None:
             print(f"sweep: flood concurrency {c:3d}: {sweep[c]:7.1f} tok/s ({tokens} tokens)",
                   flush=True)  # fmt: skip
         best = max(sweep, key=sweep.get)
-        kinds = ["flood", "stage", "beam"]
+        kinds = ["flood", "stage", "beam"] + (
+            ["beam-default"] if args.beam_default_batching else []
+        )
         for run in range(args.runs):
-            for what in kinds[run % 3 :] + kinds[: run % 3]:  # rotate the order every round
+            turn = run % len(kinds)
+            for what in kinds[turn:] + kinds[:turn]:  # rotate the order every round
                 if what == "flood":
                     tokens, seconds = flood(server.base_url, reqs, best)
                     extra = ""
@@ -346,22 +358,27 @@ def main() -> None:
                     )
                     extra = " (whole pipeline)"
                 else:
-                    tokens, seconds, span = beam_on_our_server(server.base_url, reqs, best)
+                    batch = best if what == "beam" else None
+                    tokens, seconds, span = beam_on_our_server(server.base_url, reqs, batch)
                     extra = f" (whole pipeline; first-to-last batch {tokens / span:.1f} tok/s)"
                 runs[what].append(tokens / seconds)
                 print(f"run {run}: {what:5s} {tokens / seconds:7.1f} tok/s ({tokens} tokens, "
                       f"{seconds:.1f} s){extra}", flush=True)  # fmt: skip
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    med = {k: statistics.median(v) for k, v in runs.items() if v}
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     labels = {
         "flood": f"(a) flood, concurrency {best}",
         "beam": f"(b) Beam VLLMCompletionsModelHandler, batch {best}",
+        "beam-default": "(b2) the same, Beam's default adaptive batching",
         "stage": f"(c) GenerateResponses, max_in_flight {best}",
     }
     for kind, label in labels.items():
-        print(f"{label:52s} {med[kind]:7.1f} tok/s  runs {fmt(runs[kind])}")
+        if kind in med:
+            print(f"{label:52s} {med[kind]:7.1f} tok/s  runs {fmt(runs[kind])}")
     print(f"ratio (c)/(a): {med['stage'] / med['flood']:.3f}")
     print(f"ratio (c)/(b): {med['stage'] / med['beam']:.3f}")
+    if "beam-default" in med:
+        print(f"ratio (c)/(b2): {med['stage'] / med['beam-default']:.3f}")
     if args.beam_own_server:
         args.beam_batch = best
         own = [r["tokens"] / r["seconds"] for r in run_beam_baseline(args)]
