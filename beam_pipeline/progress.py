@@ -120,19 +120,26 @@ def progress() -> Progress:
 # The local job service (FnApiRunner with worker processes, PortableRunner on a local job
 # server) re-logs every worker log entry as one protobuf dump on this logger.
 WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
-_WORKER_LINE = re.compile(r'message: "(progress pid [^"]*)"')
+_WORKER_MESSAGE = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
+# Printed by every local worker process at start; says nothing about this pipeline.
+_WORKER_NOISE = ("No semi_persistent_directory found",)
 
 
 class WorkerProgressFilter(logging.Filter):
-    """Lets the workers' progress lines through (as the bare line); other info stays quiet."""
+    """Workers' progress lines and warnings pass as their bare message; other info is quiet."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        found = _WORKER_LINE.search(record.getMessage())
-        if found is None:
+        found = _WORKER_MESSAGE.search(record.getMessage())
+        message = found.group(1) if found is not None else None
+        if message is not None and message.startswith(_WORKER_NOISE):
             return False
-        record.msg, record.args = found.group(1), ()
+        if record.levelno < logging.WARNING and (
+            message is None or not message.startswith("progress pid")
+        ):
+            return False
+        if message is not None:
+            prefix = "" if message.startswith("progress pid") else "worker: "
+            record.msg, record.args = prefix + message, ()
         return True
 
 

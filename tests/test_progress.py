@@ -76,6 +76,10 @@ def test_worker_filter_passes_progress_lines_bare_and_keeps_warnings() -> None:
     assert keep.filter(record)
     assert record.getMessage() == line
     assert not keep.filter(_record(logging.INFO, 'severity: INFO message: "Creating state cache"'))
-    warning = _record(logging.WARNING, 'severity: WARN message: "disk nearly full"')
+    warning = _record(logging.WARNING, 'severity: WARN message: "disk \\"/tmp\\" full" x: 1')
     assert keep.filter(warning)
-    assert "disk nearly full" in warning.getMessage()
+    assert warning.getMessage() == 'worker: disk \\"/tmp\\" full'
+    noise = 'severity: WARN message: "No semi_persistent_directory found:  User registered"'
+    assert not keep.filter(_record(logging.WARNING, noise))
+    other = _record(logging.ERROR, "not a worker entry")
+    assert keep.filter(other) and other.getMessage() == "Worker: not a worker entry"
