@@ -2,29 +2,27 @@
 
 The shards of `OUT/final/` go to `data/` in one commit, with a dataset card built from the
 run's report (counts per stage, model, sampling, fingerprints). The output may be on any fsspec
-path; files are streamed from there. A failure never loses the dataset: it is already written,
-and the error says where.
+path: local shards are uploaded from disk, remote ones are read into memory one by one. A
+failure never loses the dataset: it is already written, and the error says where.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 log = logging.getLogger("beam_pipeline.publish")
 
 
 class PublishError(RuntimeError):
-    pass
-
-
-class HubApi(Protocol):  # the part of huggingface_hub.HfApi used here
-    def create_repo(self, repo_id: str, **kwargs: Any) -> Any: ...
-
-    def create_commit(self, repo_id: str, operations: list[Any], **kwargs: Any) -> Any: ...
+    """The dataset could not be pushed; it is still written where the run put it."""
 
 
 def dataset_card(repo_id: str, report: dict[str, Any], sample: dict[str, Any] | None) -> str:
@@ -70,7 +68,7 @@ def push_final(
     repo_id: str,
     report: dict[str, Any],
     private: bool = False,
-    api: HubApi | None = None,
+    api: HfApi | None = None,
 ) -> str:
     """Uploads OUT/final/part-*.jsonl and a dataset card; returns the repo id."""
     from huggingface_hub import CommitOperationAdd
@@ -79,15 +77,18 @@ def push_final(
     paths = sorted(paths)
     if not paths:
         raise PublishError(f"nothing to push: {output_dir}/final has no part-*.jsonl shards")
+    local = isinstance(fs, LocalFileSystem)
     first: dict[str, Any] | None = None
     operations = []
     for path in paths:
-        with fs.open(path, "rb") as handle:
-            data = handle.read()
-        if first is None and data.strip():
-            first = json.loads(data.split(b"\n", 1)[0])
+        if first is None:
+            with fs.open(path, "rb") as handle:
+                line = handle.readline()
+            first = json.loads(line) if line.strip() else None
+        # A local shard is uploaded from disk; a remote one is read into memory first.
+        source = path if local else fs.cat_file(path)
         name = path.rsplit("/", 1)[-1]
-        operations.append(CommitOperationAdd(path_in_repo=f"data/{name}", path_or_fileobj=data))
+        operations.append(CommitOperationAdd(path_in_repo=f"data/{name}", path_or_fileobj=source))
     card = dataset_card(repo_id, report, first).encode()
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
     if api is None:

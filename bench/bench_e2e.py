@@ -46,7 +46,7 @@ from beam_pipeline.stages.concepts import ExtractConceptsFn  # noqa: E402
 from beam_pipeline.stages.generation import GenerationConfig  # noqa: E402
 from beam_pipeline.stages.instructions import GenerateInstructionFn  # noqa: E402
 from beam_pipeline.stages.responses import GenerateResponsesFn  # noqa: E402
-from model_server.client import ClientConfig, ModelClient  # noqa: E402
+from model_server.client import ModelClient  # noqa: E402
 from model_server.prepare import prepare  # noqa: E402
 from model_server.serve import ServeConfig, VLLMServer  # noqa: E402
 
@@ -106,10 +106,10 @@ def direct_run(args: argparse.Namespace, url: str, seeds: list[Seed]) -> tuple:
         max_in_flight=args.max_in_flight,
         concepts_k=args.k,
         instruction_k=args.k,
+        request_timeout_s=1800,
     )
-    client_config = ClientConfig(
-        base_url=url, model=args.model, max_in_flight=args.max_in_flight, timeout_s=1800
-    )
+    # The client the stages open (same limits, retries, seeds), without a response cache.
+    client_config = config.client_config(url, args.model)
     fns = [ExtractConceptsFn(config), GenerateInstructionFn(config), GenerateResponsesFn(config)]
     tokens = 0
     start = time.monotonic()

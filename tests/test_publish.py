@@ -61,7 +61,10 @@ def test_push_uploads_every_shard_and_a_card_in_one_commit(tmp_path: pathlib.Pat
         "data/part-00000-of-00002.jsonl",
         "data/part-00001-of-00002.jsonl",
     ]
-    assert json.loads(uploaded["data/part-00001-of-00002.jsonl"]) == rows[1]
+    # local shards go up from disk, by path
+    assert (
+        json.loads(pathlib.Path(uploaded["data/part-00001-of-00002.jsonl"]).read_text()) == rows[1]
+    )
     card = uploaded["README.md"].decode()
     assert "data_files: data/*.jsonl" in card
     assert "- records: 2" in card and "- model: qwen" in card
