@@ -92,6 +92,8 @@ class RunConfig:
     execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
     final: FinalConfig = dataclasses.field(default_factory=FinalConfig)
     decontam: DecontamChoice = dataclasses.field(default_factory=DecontamChoice)
+    # Connected-component rounds of every near-dedup pass (stages/dedup.py).
+    dedup_max_rounds: int = 24
 
     def __post_init__(self) -> None:
         for name in ("from_stage", "to_stage"):
@@ -108,6 +110,8 @@ class RunConfig:
             raise ConfigError("--input is required when the run starts at the seeds stage")
         if self.num_shards < 0:
             raise ConfigError("--num_shards must be >= 0")
+        if self.dedup_max_rounds < 1:
+            raise ConfigError("--dedup_max_rounds must be >= 1")
 
     def runs(self, stage: str) -> bool:
         """Whether this run executes `stage`."""

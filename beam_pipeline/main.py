@@ -122,7 +122,11 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
                 steps[-1].main
                 | "NearDedupSeeds"
                 >> NearDedup(
-                    "seeds.near_dedup", "seed", config.seeds.dedup_threshold, accounting=acct
+                    "seeds.near_dedup",
+                    "seed",
+                    config.seeds.dedup_threshold,
+                    max_rounds=config.dedup_max_rounds,
+                    accounting=acct,
                 )
             )
         if config.seeds.max_seeds:
@@ -180,6 +184,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
                     ["instruction", "response", code_representation_of],
                     config.final.dedup_threshold,
                     config.final.num_perm,
+                    max_rounds=config.dedup_max_rounds,
                     accounting=acct,
                 )
             )

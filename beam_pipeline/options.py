@@ -187,6 +187,15 @@ class SelfCodeAlignOptions(PipelineOptions):
         )
         sel.add_argument("--num_perm", type=int, default=250)
         sel.add_argument(
+            "--dedup_max_rounds",
+            type=int,
+            default=24,
+            help="Connected-component rounds unrolled in each near-dedup pass. A chain of n "
+            "near-duplicates needs about 2.4 rounds per factor of ten in n; the default covers "
+            "any realistic corpus. Each round adds a fixed cost to a run, so small local runs "
+            "may lower it; a graph left unsettled is counted as components_unconverged.",
+        )
+        sel.add_argument(
             "--tests_in_instruction",
             type=float,
             default=0.0,
@@ -264,6 +273,7 @@ class SelfCodeAlignOptions(PipelineOptions):
                 workers=opts.exec_workers,
                 cache_dir=f"{cache_dir}/executions" if cache_dir else None,
             ),
+            dedup_max_rounds=opts.dedup_max_rounds,
             final=FinalConfig(
                 dedup_threshold=opts.final_dedup_threshold,
                 num_perm=opts.num_perm,

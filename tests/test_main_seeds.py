@@ -9,10 +9,13 @@ import pathlib
 import subprocess
 import sys
 
+import apache_beam as beam
 import pytest
 
-from beam_pipeline.main import run
+from beam_pipeline.main import build, run
+from beam_pipeline.options import SelfCodeAlignOptions
 from beam_pipeline.progress import ENV_INTERVAL
+from beam_pipeline.stages.common import Accounting
 from tests.conftest import FNAPI, MULTIPROCESS, REPO
 from tests.fixtures.bad_inputs import write_bad_shard
 from tests.helpers import read_jsonl_dir
@@ -100,6 +103,7 @@ def test_cli_help_documents_every_flag() -> None:
         "--max_file_bytes",
         "--max_seeds",
         "--static_check",
+        "--dedup_max_rounds",
         "--runner",
     ):
         assert flag in result.stdout
@@ -110,6 +114,7 @@ def test_cli_help_documents_every_flag() -> None:
     [
         (["--to_stage=seeds"], "--output_dir is required"),
         (["--output_dir=x", "--from_stage=final", "--to_stage=seeds"], "comes after"),
+        (["--output_dir=x", "--dedup_max_rounds=0"], "--dedup_max_rounds must be >= 1"),
     ],
 )
 def test_bad_options_exit_with_a_clear_message(argv: list[str], message: str) -> None:
@@ -122,3 +127,26 @@ def test_report_json_on_disk_matches(tmp_path: pathlib.Path, bundled_shard: str)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["stages"] == report["stages"]
     assert on_disk["stages"]["read"]["out"] == on_disk["stages"]["seeds.extract"]["in"]
+
+
+@pytest.mark.parametrize("rounds", [3, 24])
+def test_dedup_max_rounds_sets_the_unrolled_rounds_of_every_near_dedup(
+    tmp_path: pathlib.Path, rounds: int
+) -> None:
+    (tmp_path / "execution").mkdir()
+    (tmp_path / "execution" / "part-00000-of-00001.jsonl").write_text("")
+    options = SelfCodeAlignOptions(
+        [f"--output_dir={tmp_path}", "--from_stage=final", f"--dedup_max_rounds={rounds}"]
+    )
+    config = options.to_config()
+    pipeline = beam.Pipeline()
+    build(pipeline, config, Accounting())
+    names = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+    # The final stage dedups on three texts, each pass with its own component rounds.
+    for text in ("Instruction", "Response", "CodeRepresentationOf"):
+        pass_rounds = {
+            n.split("/Round")[1].split("/")[0]
+            for n in names
+            if "Pass" in n and text in n and "/Components/Round" in n
+        }
+        assert pass_rounds == {str(i) for i in range(1, rounds + 1)}

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from beam_pipeline.progress import progress
 from beam_pipeline.records import DeadLetter, Record, Rejection, clip
@@ -113,8 +115,24 @@ def merge_outputs(label: str, *outputs: StageOutputs) -> StageOutputs:
 # Accounting
 
 
-def _key_count(key: str, scale: int = 1) -> beam.PTransform:
-    return beam.combiners.Count.Globally() | beam.Map(lambda n, k=key, m=scale: (k, n * m))
+class _CountFn(beam.DoFn):
+    """Elements -> (key, count) pairs, summed inside each bundle: the final sum receives one
+    element per key and bundle instead of one per record."""
+
+    def __init__(self, keys_of: Callable[[Any], Iterable[str]], scale: int = 1) -> None:
+        self._keys_of = keys_of
+        self._scale = scale
+
+    def start_bundle(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def process(self, element: Any) -> None:
+        for key in self._keys_of(element):
+            self._counts[key] += self._scale
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for key, count in self._counts.items():
+            yield GlobalWindows.windowed_value((key, count))
 
 
 class Accounting:
@@ -122,29 +140,38 @@ class Accounting:
 
     def __init__(self) -> None:
         self._parts: list[beam.PCollection] = []
+        # Keys that must appear even when nothing was counted (an explicit 0 in the report).
+        self._keys: set[str] = set()
+
+    def _add(
+        self,
+        pcoll: beam.PCollection,
+        label: str,
+        keys_of: Callable[[Any], Iterable[str]],
+        scale: int = 1,
+    ) -> None:
+        self._parts.append(pcoll | label.replace(".", "_") >> beam.ParDo(_CountFn(keys_of, scale)))
 
     def count(self, pcoll: beam.PCollection, stage: str, what: str, scale: int = 1) -> None:
         """Counts elements as `stage/what` (an explicit 0 for an empty PCollection); `scale`
         counts each element that many times (an instruction stands for its n samples)."""
-        label = f"Count_{stage}_{what}".replace(".", "_")
-        self._parts.append(pcoll | label >> _key_count(f"{stage}/{what}", scale))
+        key = f"{stage}/{what}"
+        self._keys.add(key)
+        self._add(pcoll, f"Count_{stage}_{what}", lambda _, k=(key,): k, scale)
 
     def count_rejections(self, pcoll: beam.PCollection, stage: str) -> None:
         """Counts `stage/rejected` and `stage/rejected/<reason>`."""
-        self.count(pcoll, stage, "rejected")
-        self._parts.append(
-            pcoll
-            | f"Count_{stage}_reasons".replace(".", "_")
-            >> beam.Map(lambda r, s=stage: (f"{s}/rejected/{r.reason}", 1))
+        total = f"{stage}/rejected"
+        self._keys.add(total)
+        self._add(
+            pcoll,
+            f"Count_{stage}_rejected",
+            lambda r, t=total: (t, f"{t}/{r.reason}"),
         )
 
     def count_by(self, pcoll: beam.PCollection, stage: str, group: Callable[[Any], str]) -> None:
         """Counts `stage/by/<group(record)>` (e.g. category/difficulty/status)."""
-        self._parts.append(
-            pcoll
-            | f"Count_{stage}_by".replace(".", "_")
-            >> beam.Map(lambda r, s=stage, g=group: (f"{s}/by/{g(r)}", 1))
-        )
+        self._add(pcoll, f"Count_{stage}_by", lambda r, s=stage, g=group: (f"{s}/by/{g(r)}",))
 
     def count_stage(
         self, stage: str, inputs: beam.PCollection, outputs: StageOutputs, fan_out: int = 1
@@ -159,8 +186,9 @@ class Accounting:
     def write(self, pipeline: beam.Pipeline, path_prefix: str) -> None:
         if not self._parts:
             return
+        zeros = pipeline | "CountKeys" >> beam.Create([(key, 0) for key in sorted(self._keys)])
         (
-            self._parts
+            [zeros, *self._parts]
             | "FlattenCounts" >> beam.Flatten()
             | "SumCounts" >> beam.CombinePerKey(sum)
             | "CountsToJson" >> beam.Map(lambda kv: json.dumps({"key": kv[0], "count": kv[1]}))
