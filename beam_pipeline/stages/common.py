@@ -6,7 +6,7 @@ records (main output) and `Rejection`s (tagged `rejected`). An unexpected except
 every input leaves the stage exactly once: as output, as a counted rejection or as a dead letter.
 
 Accounting: `Accounting.count(...)` turns PCollections into (key, count) pairs; at the end of
-the graph they are summed and written to `OUT/_run/counts-*.json`, which `beam_pipeline.report`
+the graph they are summed and written to `OUT/_run/counts-*.jsonl`, which `beam_pipeline.report`
 turns into `report.json` once the pipeline has finished. This works on every runner (it uses
 no runner metrics API).
 """
