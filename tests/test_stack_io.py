@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Iterator
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import stack_io
+from beam_pipeline.main import run
+from tests.conftest import FNAPI
 from tests.fixtures.bad_inputs import ROWS, write_bad_shard
 
 
@@ -84,3 +88,68 @@ def test_row_groups_stream_in_batches(tmp_path: pathlib.Path) -> None:
     files = _read_all(str(tmp_path / "big.parquet"))
     assert [f.content for f in files] == [f"x = {i}" for i in range(n)]
     assert files[-1].source.endswith(f"#rg0:{n - 1}")
+
+
+@pytest.fixture
+def memory_shards(bundled_shard: str) -> Iterator[str]:
+    """The bundled shard twice on fsspec's in-memory filesystem: a URL with a protocol, read
+    through the same code path as gs:// and hf://."""
+    fs = fsspec.filesystem("memory")
+    data = pathlib.Path(bundled_shard).read_bytes()
+    for name in ("train-00000-of-00002.parquet", "train-00001-of-00002.parquet"):
+        fs.pipe(f"/stack/data/python/{name}", data)
+    yield "memory://stack/data/python"
+    fs.rm("/stack", recursive=True)
+
+
+def test_url_globs_and_directories_keep_their_protocol(
+    memory_shards: str, bundled_shard: str
+) -> None:
+    by_glob = stack_io.expand_pattern(f"{memory_shards}/train-*.parquet")
+    by_dir = stack_io.expand_pattern(memory_shards)
+    assert by_glob == by_dir
+    assert [p.rsplit("/", 1)[1] for p in by_glob] == [
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
+    ]
+    assert all(p.startswith("memory://") for p in by_glob)
+    # Each expanded URL opens: one read task per row group, as for the local file.
+    row_groups = pq.ParquetFile(bundled_shard).metadata.num_row_groups
+    assert [len(stack_io.tasks_for_file(p)) for p in by_glob] == [row_groups, row_groups]
+
+
+def test_url_shard_reads_like_the_local_file(memory_shards: str, bundled_shard: str) -> None:
+    remote = _read_all(f"{memory_shards}/train-00000-of-00002.parquet")
+    local = _read_all(bundled_shard)
+    assert [f.id for f in remote] == [f.id for f in local]
+    assert [f.content for f in remote] == [f.content for f in local]
+    assert all(f.source.startswith("memory://") for f in remote)
+
+
+def test_seed_stage_runs_on_a_url_glob(
+    memory_shards: str, bundled_shard: str, tmp_path: pathlib.Path
+) -> None:
+    # FnApiRunner with one worker runs in this process, so it sees the in-memory filesystem.
+    report = run(
+        [
+            f"--input={memory_shards}/*.parquet",
+            f"--output_dir={tmp_path}",
+            "--to_stage=seeds",
+            "--seed_dedup_threshold=0",
+            *FNAPI,
+        ]
+    )
+    assert report["invariant_ok"], report["problems"]
+    stages = report["stages"]
+    assert stages["read"]["errors"] == 0
+    assert stages["seeds.extract"]["in"] == 2 * pq.ParquetFile(bundled_shard).metadata.num_rows
+    # The second shard is a copy: each of its seeds is an exact duplicate of the first's.
+    passed_filter = stages["seeds.filter"]["out"]
+    assert passed_filter > 0 and passed_filter % 2 == 0
+    assert stages["seeds.exact_dedup"]["rejected"] >= passed_filter // 2
+
+
+@pytest.mark.parametrize(("protocol", "module"), [("gs", "gcsfs"), ("hf", "huggingface_hub")])
+def test_cloud_filesystems_are_installed(protocol: str, module: str) -> None:
+    # Resolving the class imports the filesystem's package without a network call.
+    assert fsspec.get_filesystem_class(protocol).__module__.split(".")[0] == module
