@@ -49,7 +49,13 @@ from beam_pipeline.core import prompting  # noqa: E402
 from beam_pipeline.records import Instruction  # noqa: E402
 from model_server.client import SamplingParams  # noqa: E402
 from model_server.prepare import prepare  # noqa: E402
-from model_server.serve import ServeConfig, VLLMServer, server_command, server_env  # noqa: E402
+from model_server.serve import (  # noqa: E402
+    ServeConfig,
+    VLLMServer,
+    server_command,
+    server_env,
+    server_healthy,
+)
 
 SERVED = "smollm2"
 MBPP = REPO.parent / "shared" / "data" / "mbpp.jsonl"
@@ -210,16 +216,22 @@ def _timed_handler_class() -> type:
 
 
 class _ExistingServer:
-    """Stands in for Beam's _VLLMModelServer: the port of the server (a) and (c) use."""
+    """Stands in for Beam's _VLLMModelServer: the server (a) and (c) use, already running."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
 
     def get_server_port(self) -> int:
-        return self.port
+        return int(self.base_url.rsplit(":", 1)[1])
 
     def check_connectivity(self, retries: int = 3) -> None:
-        pass
+        """Beam calls this after a failed request; it cannot restart a server it does not
+        own, so it only confirms the server still answers and raises if it does not."""
+        for attempt in range(retries):
+            if server_healthy(self.base_url, timeout_s=10):
+                return
+            time.sleep(2**attempt)
+        raise RuntimeError(f"the shared vLLM server at {self.base_url} does not answer")
 
 
 def beam_on_our_server(base_url: str, reqs: list[tuple[str, dict]], batch: int | None) -> tuple:
@@ -227,11 +239,10 @@ def beam_on_our_server(base_url: str, reqs: list[tuple[str, dict]], batch: int |
 
     `batch` None keeps Beam's default batching (BatchElements sizes batches adaptively)."""
     timed = _timed_handler_class()
-    port = int(base_url.rsplit(":", 1)[1])
 
     class SharedServerHandler(timed):
         def load_model(self) -> _ExistingServer:  # type: ignore[override]
-            return _ExistingServer(port)
+            return _ExistingServer(base_url)
 
         def share_model_across_processes(self) -> bool:
             return False

@@ -221,6 +221,14 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
+def server_healthy(base_url: str, timeout_s: float = 5.0) -> bool:
+    """Whether the OpenAI-compatible server at `base_url` answers /health with 200."""
+    try:
+        return httpx.get(f"{base_url}/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class VLLMServer:
     """A running vLLM server; a context manager that always stops it."""
 
@@ -321,10 +329,7 @@ class VLLMServer:
         )
 
     def healthy(self, timeout_s: float = 5.0) -> bool:
-        try:
-            return httpx.get(f"{self.base_url}/health", timeout=timeout_s).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return server_healthy(self.base_url, timeout_s)
 
     def stop(self) -> None:
         """Stops the server and every process in its group; safe to call twice."""
