@@ -5,6 +5,12 @@ with Python. Rows carry The Stack v1 columns; the licence is recorded per row. T
 interpreter version gives a byte-identical file (sorted paths, fixed writer settings).
 
     python scripts/build_seed_shard.py [--out beam_pipeline/data/stdlib-python.parquet]
+
+`--full` builds the full-size shard that benchmarks and fidelity measurements use instead: every
+`.py` file of the standard library and of the running interpreter's site-packages (about 45,000
+files, 650 MB of content in a project venv), with `--rows_per_group N` (0: one row group).
+
+    python scripts/build_seed_shard.py --full --rows_per_group 2000 --out /tmp/full-2000.parquet
 """
 
 from __future__ import annotations
@@ -37,8 +43,22 @@ def collect(stdlib: pathlib.Path) -> list[pathlib.Path]:
     return sorted(set(files), key=lambda f: f.relative_to(stdlib).as_posix())
 
 
-def build(out: pathlib.Path) -> int:
+def collect_full(stdlib: pathlib.Path, site: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
+    """(repository path, file) for every .py file of the standard library and site-packages."""
+    found: dict[str, pathlib.Path] = {}
+    for root, prefix in ((stdlib, "Lib/"), (site, "site-packages/")):
+        for f in root.rglob("*.py"):
+            rel = f.relative_to(root)
+            if "__pycache__" in rel.parts or (root == stdlib and rel.parts[0] == "site-packages"):
+                continue
+            if f.is_file():
+                found[prefix + rel.as_posix()] = f
+    return sorted(found.items())
+
+
+def build(out: pathlib.Path, full: bool = False, rows_per_group: int = ROWS_PER_GROUP) -> int:
     stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    site = pathlib.Path(sysconfig.get_paths()["purelib"])
     version = platform.python_version()
     rows: dict[str, list] = {
         k: []
@@ -58,7 +78,11 @@ def build(out: pathlib.Path) -> int:
             "alphanum_fraction",
         )
     }
-    for f in collect(stdlib):
+    if full:
+        files = collect_full(stdlib, site)
+    else:
+        files = [("Lib/" + f.relative_to(stdlib).as_posix(), f) for f in collect(stdlib)]
+    for repo_path, f in files:
         data = f.read_bytes()
         text = data.decode("utf-8", errors="replace")
         lines = text.splitlines() or [""]
@@ -66,10 +90,15 @@ def build(out: pathlib.Path) -> int:
         rows["size"].append(len(data))
         rows["ext"].append("py")
         rows["lang"].append("Python")
-        rows["max_stars_repo_path"].append("Lib/" + f.relative_to(stdlib).as_posix())
-        rows["max_stars_repo_name"].append("python/cpython")
+        rows["max_stars_repo_path"].append(repo_path)
+        rows["max_stars_repo_name"].append(
+            "python/cpython" if repo_path.startswith("Lib/") else "site-packages"
+        )
         rows["max_stars_repo_head_hexsha"].append(f"v{version}")
-        rows["max_stars_repo_licenses"].append(["PSF-2.0"])
+        # site-packages files carry their own distributions' licences, not recorded here
+        rows["max_stars_repo_licenses"].append(
+            ["PSF-2.0"] if repo_path.startswith("Lib/") else ["unknown"]
+        )
         rows["max_stars_count"].append(None)
         rows["content"].append(text)
         rows["avg_line_length"].append(sum(map(len, lines)) / len(lines))
@@ -91,12 +120,19 @@ def build(out: pathlib.Path) -> int:
             ("max_line_length", pa.int64()),
             ("alphanum_fraction", pa.float64()),
         ],
-        metadata={"source": f"CPython {version} standard library", "license": "PSF-2.0"},
+        metadata={
+            "source": f"CPython {version} standard library" + (" and site-packages" if full else ""),
+            "license": "PSF-2.0" if not full else "mixed",
+        },
     )
     table = pa.table(rows, schema=schema)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(
-        table, out, row_group_size=ROWS_PER_GROUP, compression="zstd", write_statistics=False
+        table,
+        out,
+        row_group_size=rows_per_group or max(table.num_rows, 1),
+        compression="zstd",
+        write_statistics=False,
     )
     return table.num_rows
 
@@ -104,8 +140,14 @@ def build(out: pathlib.Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="beam_pipeline/data/stdlib-python.parquet")
+    parser.add_argument(
+        "--full", action="store_true", help="standard library and site-packages, every file"
+    )
+    parser.add_argument(
+        "--rows_per_group", type=int, default=ROWS_PER_GROUP, help="0 writes one row group"
+    )
     args = parser.parse_args()
-    n = build(pathlib.Path(args.out))
+    n = build(pathlib.Path(args.out), full=args.full, rows_per_group=args.rows_per_group)
     print(f"wrote {n} rows to {args.out}")
 
 
