@@ -19,6 +19,7 @@ from beam_pipeline.progress import show_worker_progress
 from beam_pipeline.publish import PublishError, push_final
 from beam_pipeline.records import Concepts, Execution, Instruction, Sample, Seed
 from beam_pipeline.report import collect_metrics, write_report
+from beam_pipeline.shards import clear_outputs
 from beam_pipeline.stages.common import (
     Accounting,
     ReadJsonl,
@@ -102,14 +103,19 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
 
     def restart(stage: str) -> beam.PCollection:
         previous = STAGES[STAGES.index(stage) - 1]
-        return pipeline | f"Read{previous.capitalize()}" >> ReadJsonl(
-            f"{out}/{previous}", STAGE_RECORDS[previous]
-        )
+        try:
+            return pipeline | f"Read{previous.capitalize()}" >> ReadJsonl(
+                f"{out}/{previous}", STAGE_RECORDS[previous]
+            )
+        except FileNotFoundError as exc:
+            raise SystemExit(
+                f"error: --from_stage {stage} reads the {previous} stage's output: {exc}"
+            ) from exc
 
     current: beam.PCollection | None = None
     if config.runs("seeds"):
         files = pipeline | "ReadSources" >> ReadSources(list(config.inputs), acct)
-        files.errors | "WriteReadErrors" >> WriteJsonl(f"{out}/errors/read", 1)
+        files.errors | "WriteReadErrors" >> WriteJsonl(f"{out}/errors/read", shards)
         steps = [files.main | "ExtractSeeds" >> ExtractSeeds(config.seeds, acct)]
         if items:
             steps.append(
@@ -224,6 +230,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         raise SystemExit(f"error: {exc}") from exc
     accounting = Accounting()
     started = time.time()
+    if not options.view_as(TestOptions).dry_run:
+        # Before the job: a stage's directory then only ever holds this run's shards.
+        clear_outputs(config.output_dir, [s for s in STAGES if config.runs(s)])
     if test_pipeline is not None:
         pipeline = test_pipeline
     else:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from beam_pipeline.shards import current_shards
+
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
@@ -70,11 +72,12 @@ def push_final(
     private: bool = False,
     api: HfApi | None = None,
 ) -> str:
-    """Uploads OUT/final/part-*.jsonl and a dataset card; returns the repo id."""
+    """Uploads OUT/final's current shard set and a dataset card; returns the repo id."""
     from huggingface_hub import CommitOperationAdd
 
-    fs, _, paths = fsspec.get_fs_token_paths(f"{output_dir.rstrip('/')}/final/part-*.jsonl")
-    paths = sorted(paths)
+    final_dir = f"{output_dir.rstrip('/')}/final"
+    fs, _, _ = fsspec.get_fs_token_paths(final_dir)
+    paths = current_shards(final_dir)  # this run's shards, never an earlier run's leftovers
     if not paths:
         raise PublishError(f"nothing to push: {output_dir}/final has no part-*.jsonl shards")
     local = isinstance(fs, LocalFileSystem)

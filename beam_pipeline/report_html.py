@@ -14,6 +14,8 @@ from typing import Any
 
 import fsspec
 
+from beam_pipeline.shards import current_shards
+
 # The funnel's steps: (label, stage, count key), in pipeline order; missing steps are skipped.
 FUNNEL: tuple[tuple[str, str, str], ...] = (
     ("source files", "read", "out"),
@@ -185,10 +187,9 @@ def render(report: dict[str, Any], examples: Sequence[dict[str, Any]]) -> str:
 
 
 def load_examples(output_dir: str, limit: int = 5) -> list[dict[str, Any]]:
-    fs, _, paths = fsspec.get_fs_token_paths(f"{output_dir}/final/part-*.jsonl")
     out: list[dict[str, Any]] = []
-    for path in sorted(paths):
-        with fs.open(path, "r") as handle:
+    for path in current_shards(f"{output_dir}/final"):
+        with fsspec.open(path, "r", encoding="utf-8") as handle:
             for line in handle:
                 if line.strip():
                     out.append(json.loads(line))

@@ -3,6 +3,7 @@ accounting, re-execution of final pairs, rerun from the caches, kill and resume.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -164,3 +165,28 @@ def test_killed_run_resumes_without_repeating_completed_calls(
         repeated = answered_before & set(srv.prompts_seen)
         assert repeated == set(), f"{len(repeated)} completed calls were sent again"
         assert report["stages"]["final"]["out"] > 0
+
+
+def test_rerun_from_a_stage_never_reads_an_earlier_runs_leftover_shards(
+    tmp_path: pathlib.Path, server
+) -> None:
+    src = _write_seeds(tmp_path / "src")
+    out = tmp_path / "out"
+    first = run([*_argv(src, out, server.base_url), "--to_stage=responses", *FNAPI])
+    responses = read_jsonl_dir(out / "responses")
+    # An earlier run with another shard count left a complete set of 3 shards behind, and a
+    # final dataset of its own.
+    old = 1_000_000.0
+    for directory, total in ((out / "responses", 3), (out / "final", 3)):
+        directory.mkdir(exist_ok=True)
+        for i in range(total):
+            record = {**responses[i], "id": f"stale{i}", "instruction": "STALE"}
+            path = directory / f"part-{i:05d}-of-{total:05d}.jsonl"
+            path.write_text(json.dumps(record) + "\n")
+            os.utime(path, (old, old))
+    second = run([*_argv(src, out, server.base_url), "--from_stage=execution", *FNAPI])
+    assert second["invariant_ok"], second["problems"]
+    assert second["stages"]["execution"]["in"] == first["stages"]["responses"]["out"]
+    final = read_jsonl_dir(out / "final")
+    assert final and all("stale" not in r["id"] for r in final)
+    assert "STALE" not in (out / "report.html").read_text()

@@ -25,6 +25,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from beam_pipeline.progress import progress
 from beam_pipeline.records import DeadLetter, Record, Rejection, clip
+from beam_pipeline.shards import current_shards
 
 METRICS_NAMESPACE = "selfcodealign"
 MAIN = "main"
@@ -227,7 +228,8 @@ class WriteJsonl(beam.PTransform):
 
 
 class ReadJsonl(beam.PTransform):
-    """Reads `DIR/part-*.jsonl` back into records of `record_type`."""
+    """Reads the current shard set of `DIR` (`shards.current_shards`: never an earlier run's
+    leftovers) back into records of `record_type`. No shards is an error."""
 
     def __init__(self, directory: str, record_type: type[Record]) -> None:
         super().__init__()
@@ -235,9 +237,13 @@ class ReadJsonl(beam.PTransform):
         self.record_type = record_type
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        paths = current_shards(self.directory)
+        if not paths:
+            raise FileNotFoundError(f"{self.directory} holds no complete part-*-of-N.jsonl set")
         return (
             pbegin
-            | "Read" >> beam.io.ReadFromText(f"{self.directory}/part-*.jsonl")
+            | "Shards" >> beam.Create(paths)
+            | "Read" >> beam.io.ReadAllFromText()
             | "Parse" >> beam.Map(self.record_type.from_json)
         )
 
@@ -256,5 +262,9 @@ class WriteStageOutputs(beam.PTransform):
         main, rejected, errors = outputs  # Beam may hand the NamedTuple over as a plain tuple
         if self.write_main:
             main | "WriteMain" >> WriteJsonl(f"{self.out_dir}/{self.stage}", self.num_shards)
-        rejected | "WriteRejected" >> WriteJsonl(f"{self.out_dir}/rejected/{self.stage}", 1)
-        errors | "WriteErrors" >> WriteJsonl(f"{self.out_dir}/errors/{self.stage}", 1)
+        # Side outputs are sharded like the main one: one shard would put a whole run's
+        # rejections on one worker.
+        rejected | "WriteRejected" >> WriteJsonl(
+            f"{self.out_dir}/rejected/{self.stage}", self.num_shards
+        )
+        errors | "WriteErrors" >> WriteJsonl(f"{self.out_dir}/errors/{self.stage}", self.num_shards)
