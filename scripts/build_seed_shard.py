@@ -121,7 +121,8 @@ def build(out: pathlib.Path, full: bool = False, rows_per_group: int = ROWS_PER_
             ("alphanum_fraction", pa.float64()),
         ],
         metadata={
-            "source": f"CPython {version} standard library" + (" and site-packages" if full else ""),
+            "source": f"CPython {version} standard library"
+            + (" and site-packages" if full else ""),
             "license": "PSF-2.0" if not full else "mixed",
         },
     )
