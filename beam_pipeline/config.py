@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from beam_pipeline.core.decontam import DecontamConfig
 from beam_pipeline.core.seeds import DEFAULT_MAX_FILE_BYTES
 
 STAGES = ("seeds", "concepts", "instructions", "responses", "execution", "final")
@@ -69,18 +70,6 @@ class FinalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecontamChoice:
-    """`benchmarks`: "auto", "none" or a comma-separated list; `paths`: benchmark -> file."""
-
-    benchmarks: str = "auto"
-    paths: dict[str, str | None] = dataclasses.field(default_factory=dict)
-
-    @property
-    def enabled(self) -> bool:
-        return self.benchmarks != "none"
-
-
-@dataclasses.dataclass(frozen=True)
 class RunConfig:
     inputs: tuple[str, ...]
     output_dir: str
@@ -91,7 +80,10 @@ class RunConfig:
     generation: Any = None  # stages.generation.GenerationConfig (validated there)
     execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
     final: FinalConfig = dataclasses.field(default_factory=FinalConfig)
-    decontam: DecontamChoice = dataclasses.field(default_factory=DecontamChoice)
+    # None: no decontamination (--decontam_benchmarks none).
+    decontam: DecontamConfig | None = dataclasses.field(
+        default_factory=lambda: DecontamConfig.from_option("auto", {})
+    )
     # Connected-component rounds of every near-dedup pass (stages/dedup.py).
     dedup_max_rounds: int = 24
 

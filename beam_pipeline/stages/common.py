@@ -170,8 +170,16 @@ class Accounting:
             lambda r, t=total: (t, f"{t}/{r.reason}"),
         )
 
-    def count_by(self, pcoll: beam.PCollection, stage: str, group: Callable[[Any], str]) -> None:
-        """Counts `stage/by/<group(record)>` (e.g. category/difficulty/status)."""
+    def count_by(
+        self,
+        pcoll: beam.PCollection,
+        stage: str,
+        group: Callable[[Any], str],
+        zero_keys: Iterable[str] = (),
+    ) -> None:
+        """Counts `stage/by/<group(record)>` (e.g. category/difficulty/status); each of
+        `zero_keys` (a group) appears with an explicit 0 when nothing fell into it."""
+        self._keys.update(f"{stage}/by/{k}" for k in zero_keys)
         self._add(pcoll, f"Count_{stage}_by", lambda r, s=stage, g=group: (f"{s}/by/{g(r)}",))
 
     def count_stage(

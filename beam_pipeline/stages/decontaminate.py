@@ -5,7 +5,8 @@ each field is tested on its own, so a match never spans two fields). Output: the
 which no field contains a benchmark string (see `beam_pipeline.core.decontam` for the strings
 and the matching). A record that does becomes Rejection(reason="contaminated",
 detail="<benchmark>:<item id>"), naming the strongest match; a field that is not text becomes
-a dead letter. Counters: `<stage>_contaminated_<benchmark>`.
+a dead letter. Accounting: `<stage>/by/benchmark/<benchmark>` for every benchmark loaded (an
+explicit 0 where nothing matched).
 
 Benchmarks are loaded once, when the transform is built (on the launcher, so a missing file
 or an unreachable hub fails the run before any work starts, with a message that says which
@@ -22,13 +23,11 @@ from typing import Any
 
 import apache_beam as beam
 import fsspec
-from apache_beam.metrics import Metrics
 
 from beam_pipeline.core import decontam as core
 from beam_pipeline.core.decontam import BenchmarkItem, BenchmarkUnavailable, DecontamConfig
 from beam_pipeline.records import Record, Rejection
 from beam_pipeline.stages.common import (
-    METRICS_NAMESPACE,
     Accounting,
     StageFn,
     StageOutputs,
@@ -121,10 +120,6 @@ class DecontaminateFn(StageFn):
         self.items = tuple(items)
         self.config = config
         self._matcher: core.BenchmarkMatcher | None = None
-        self._by_benchmark = {
-            b: Metrics.counter(METRICS_NAMESPACE, f"{stage}_{CONTAMINATED}_{b}")
-            for b in config.benchmarks
-        }
 
     def setup(self) -> None:
         self._matcher = core.BenchmarkMatcher(
@@ -142,9 +137,6 @@ class DecontaminateFn(StageFn):
         for _, text in core.iter_texts(record, self.fields):
             match = self._matcher.find(text)
             if match is not None:
-                counter = self._by_benchmark.get(match.benchmark)
-                if counter is not None:
-                    counter.inc()
                 yield Rejection.of(self.stage, CONTAMINATED, record, match.key)
                 return
         yield record
@@ -179,4 +171,21 @@ class Decontaminate(beam.PTransform):
         )
         if self.accounting is not None:
             self.accounting.count_stage(self.stage, records, outputs)
+            self.accounting.count_by(
+                outputs.rejected,
+                self.stage,
+                benchmark_of_match,
+                zero_keys=[f"benchmark/{b}" for b in benchmarks_of(self.items)],
+            )
         return outputs
+
+
+def benchmarks_of(items: Sequence[BenchmarkItem]) -> list[str]:
+    """The benchmarks present in the loaded strings, in their canonical order."""
+    present = {item.benchmark for item in items}
+    return [b for b in core.BENCHMARKS if b in present]
+
+
+def benchmark_of_match(rejection: Rejection) -> str:
+    """`benchmark/<name>` from a contamination rejection's detail `<name>:<item id>`."""
+    return f"benchmark/{rejection.detail.partition(':')[0]}"
