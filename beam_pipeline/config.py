@@ -86,6 +86,8 @@ class RunConfig:
     )
     # Connected-component rounds of every near-dedup pass (stages/dedup.py).
     dedup_max_rounds: int = 24
+    # --instructions: the user's own instruction files; the run then starts at I->R.
+    instructions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("from_stage", "to_stage"):
@@ -98,6 +100,11 @@ class RunConfig:
             )
         if not self.output_dir:
             raise ConfigError("--output_dir is required")
+        if self.instructions and self.from_stage != "responses":
+            raise ConfigError(
+                "--instructions starts the run at the responses stage; "
+                f"--from_stage {self.from_stage} contradicts it"
+            )
         if self.from_stage == "seeds" and not self.inputs:
             raise ConfigError("--input is required when the run starts at the seeds stage")
         if self.num_shards < 0:

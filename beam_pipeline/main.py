@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipeline.config import STAGES, ConfigError, RunConfig
 from beam_pipeline.core.decontam import BenchmarkUnavailable
 from beam_pipeline.core.selection import code_representation
+from beam_pipeline.instructions_io import InstructionsError, check_instruction_files
 from beam_pipeline.options import SelfCodeAlignOptions
 from beam_pipeline.progress import show_worker_progress
 from beam_pipeline.publish import PublishError, push_final
@@ -38,6 +39,7 @@ from beam_pipeline.stages.read import ReadSources
 from beam_pipeline.stages.responses import GenerateResponses
 from beam_pipeline.stages.seeds import ExtractSeeds, SampleSeeds
 from beam_pipeline.stages.select import SelectSamples, ShowTestsInInstruction
+from beam_pipeline.stages.user_instructions import ReadInstructions
 
 log = logging.getLogger("beam_pipeline")
 
@@ -137,6 +139,12 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
     ):
         if not config.runs(stage):
             continue
+        if current is None and stage == "responses" and config.instructions:
+            given = pipeline | "ReadInstructions" >> ReadInstructions(
+                list(config.instructions), acct
+            )
+            given | "WriteInstructions" >> WriteStageOutputs(out, "instructions", shards)
+            current = given.main
         inputs = current if current is not None else restart(stage)
         result = inputs | transform.__name__ >> transform(gen)
         fan_out = gen.num_samples if stage == "responses" else 1
@@ -215,11 +223,20 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         config = options.to_config()
     except (ConfigError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
+    if config.instructions:
+        try:  # on the launcher: a file without an 'instruction' column stops the run here
+            files = check_instruction_files(list(config.instructions))
+        except InstructionsError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        config = dataclasses.replace(config, instructions=tuple(files))
     accounting = Accounting()
     started = time.time()
     if not options.view_as(TestOptions).dry_run:
         # Before the job: a stage's directory then only ever holds this run's shards.
-        clear_outputs(config.output_dir, [s for s in STAGES if config.runs(s)])
+        written = [s for s in STAGES if config.runs(s)]
+        clear_outputs(
+            config.output_dir, written + (["instructions"] if config.instructions else [])
+        )
     if test_pipeline is not None:
         pipeline = test_pipeline
     else:

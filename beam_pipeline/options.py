@@ -39,6 +39,16 @@ class SelfCodeAlignOptions(PipelineOptions):
             "--output_dir", default=None, help="Where every stage writes (required)."
         )
         group.add_argument(
+            "--instructions",
+            action="append",
+            default=None,
+            metavar="PATH",
+            help="Your own instructions instead of generated ones: JSONL or parquet files "
+            "(path, glob or directory; any fsspec URL) with an 'instruction' column "
+            "('category', 'difficulty' used when present, other columns kept as provenance). "
+            "The run starts at the responses stage. Repeat for several.",
+        )
+        group.add_argument(
             "--from_stage",
             choices=STAGES,
             default="seeds",
@@ -253,7 +263,11 @@ class SelfCodeAlignOptions(PipelineOptions):
         return RunConfig(
             inputs=inputs,
             output_dir=output_dir,
-            from_stage=opts.from_stage,
+            # --instructions starts at I->R (the default first stage, seeds, then moves there).
+            from_stage="responses"
+            if opts.instructions and opts.from_stage == "seeds"
+            else opts.from_stage,
+            instructions=tuple(opts.instructions or ()),
             to_stage=opts.to_stage,
             num_shards=opts.num_shards,
             seeds=SeedConfig(

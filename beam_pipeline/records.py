@@ -141,6 +141,7 @@ class Instruction(Concepts):
     difficulty: str
     instruction: str
     instruction_prompt: str = ""
+    provenance: str = ""  # JSON: the source row of a user-given instruction (--instructions)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
