@@ -155,7 +155,7 @@ def test_run_outputs_logs_and_the_saved_model(tiny_model_dir: Path, tmp_path: Pa
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Sort a list."}], tokenize=False, add_generation_prompt=True
     )
-    assert rendered == build_prompt("Sort a list.")
+    assert rendered == tokenizer.bos_token + build_prompt("Sort a list.")
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     summary = json.loads((final / "sft_training.json").read_text())
     assert summary["state"]["step"] == 2
