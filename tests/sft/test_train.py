@@ -17,7 +17,7 @@ from sft.distributed import DistEnv
 from sft.model import Precision
 from sft.template import build_prompt
 from sft.tiny import build_model, build_tokenizer
-from sft.train import run_step, token_loss_sum, train
+from sft.train import loss_sum, run_step, train
 
 from .conftest import FINAL_JSONL, make_recipe
 
@@ -112,7 +112,7 @@ def test_packing_gives_the_same_loss_and_gradients() -> None:
     # The same row without restarting positions attends across sequences: a different loss.
     (row,) = micro_batches(examples, 2, pad, 4096)
     with torch.no_grad():
-        leaky = token_loss_sum(model, replace(row, position_ids=None)).item()
+        leaky = loss_sum(model, replace(row, position_ids=None)).item()
     assert abs(leaky / sum(e.num_targets for e in examples) - padded_loss) > 1e-2
 
 
