@@ -6,8 +6,11 @@ therefore just its step number, which is what makes resume exact. Each rank take
 share of the step's examples and splits it into micro-batches, either padded (at most
 `micro_batch_size` sequences, similar lengths together) or packed without padding into one row
 whose position ids restart at every sequence, so attention never crosses a boundary.
-The loss is a sum over target tokens divided by the step's total number of target tokens, so
-padding, packing, micro-batch size and world size do not change it.
+The loss is a weighted sum over target tokens divided by the step's normaliser: with token
+weighting every target weighs 1 and the normaliser is the step's number of target tokens; with
+sequence weighting a target weighs 1 / (targets of its sequence) and the normaliser is the
+step's number of sequences. Either way padding, packing, micro-batch size and world size do not
+change it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sft.config import LossWeighting
 from sft.data import IGNORE_INDEX, Example
 
 
@@ -153,3 +157,23 @@ def micro_batches(
 
 def count_targets(examples: Sequence[Example]) -> int:
     return sum(e.num_targets for e in examples)
+
+
+def loss_normalizer(examples: Sequence[Example], weighting: LossWeighting) -> int:
+    """What a step's weighted loss sum is divided by (see the module docstring)."""
+    return count_targets(examples) if weighting == "token" else len(examples)
+
+
+def sequence_weights(batch: MicroBatch) -> torch.Tensor:
+    """Per label position: 1 / (target tokens of its sequence) on targets, 0 elsewhere."""
+    targets = batch.labels != IGNORE_INDEX
+    if batch.labels.size(0) == len(batch.sequence_lengths):
+        # One sequence per row (padded, or a packed row holding one sequence).
+        counts = targets.sum(dim=1, keepdim=True)
+        return targets / counts.clamp(min=1)
+    # One packed row: sequences back to back.
+    device = batch.labels.device
+    lengths = torch.tensor(batch.sequence_lengths, device=device)
+    owner = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+    counts = torch.zeros(len(lengths), device=device).index_add_(0, owner, targets[0].float())
+    return (targets[0] / counts[owner].clamp(min=1))[None]

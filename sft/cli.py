@@ -25,7 +25,10 @@ def _train(args: argparse.Namespace) -> int:
     from sft.config import load_recipe
     from sft.train import train
 
-    recipe = load_recipe(args.config, args.set)
+    overrides = list(args.set)
+    if args.loss_weighting is not None:
+        overrides.append(f"training.loss_weighting={args.loss_weighting}")
+    recipe = load_recipe(args.config, overrides)
     result = train(recipe)
     if result.final_dir is not None:
         print(result.final_dir)
@@ -57,6 +60,7 @@ def _tiny(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sft.config import LOSS_WEIGHTINGS
     from sft.eval.run import add_evaluate_arguments
     from sft.tiny import TOKENIZER_KINDS
 
@@ -72,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override a recipe value, e.g. --set training.max_steps=4 (repeatable)",
+    )
+    train.add_argument(
+        "--loss-weighting",
+        choices=LOSS_WEIGHTINGS,
+        help="token: mean over a step's target tokens (default); sequence: mean of "
+        "per-sequence token means, as the reference weighted them",
     )
     train.set_defaults(func=_train)
 

@@ -20,6 +20,11 @@ from sft.template import DEFAULT_SYSTEM
 
 Precision = Literal["auto", "bf16", "bf16-mixed", "fp32"]
 Strategy = Literal["auto", "single", "ddp", "fsdp"]
+# token: every target token of a step weighs the same (transformers' Trainer since 4.46).
+# sequence: the mean of per-sequence token means (the reference: batch 1 x 64 accumulation
+# steps under transformers 4.40, each micro-step's loss a token mean over one sequence).
+LossWeighting = Literal["token", "sequence"]
+LOSS_WEIGHTINGS: tuple[str, ...] = ("token", "sequence")
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class TrainingConfig:
     # Padding-free packing: each micro-batch is one row of at most pack_max_tokens tokens.
     packing: bool = False
     pack_max_tokens: int | None = None
+    loss_weighting: LossWeighting = "token"
     strategy: Strategy = "auto"
     seed: int = 42
     # Checkpoints for exact resume (model, optimizer, scheduler, RNG, data position).
@@ -111,6 +117,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"training.{name} must be positive when set: {value}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"training.loss_weighting must be token|sequence: {self.loss_weighting}"
+            )
         if self.strategy not in ("auto", "single", "ddp", "fsdp"):
             raise ValueError(f"training.strategy must be auto|single|ddp|fsdp: {self.strategy}")
 
@@ -205,7 +215,9 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 __all__ = [
+    "LOSS_WEIGHTINGS",
     "DataConfig",
+    "LossWeighting",
     "ModelConfig",
     "Recipe",
     "TrainingConfig",

@@ -7,10 +7,12 @@ Rejected records are kept with a reason (never dropped silently): invalid JSON, 
 object, missing field, field not a string, empty instruction or response, prompt longer than
 the sequence length. Examples longer than the sequence length are truncated and counted.
 
-Masking contract, for every tokenizer: `input_ids[:prompt_length]` are exactly the ids the
-tokenizer gives the prompt text at inference time (with its own leading special tokens such as
-BOS); labels are -100 on those and equal to the input ids on every later token; the response is
-followed by one EOS id. Special-token strings inside the data are encoded as plain text.
+Masking contract, for every tokenizer: `input_ids[:prompt_length]` are the tokenizer's BOS id
+(once, where it has one, whether or not its encoder adds it: the method always starts with BOS),
+then the ids of the prompt text; that is what the saved chat template's generation prompt
+tokenizes to. Labels are -100 on those and equal to the input ids on every later token; the
+response is followed by one EOS id. Special-token strings inside the data are encoded as plain
+text.
 """
 
 from __future__ import annotations
@@ -231,6 +233,31 @@ def special_affixes(tokenizer: Any) -> SpecialAffixes:
     raise ValueError("cannot locate the text ids inside the tokenizer's special-token wrapping")
 
 
+def sequence_affixes(tokenizer: Any) -> SpecialAffixes:
+    """The special ids a training sequence starts with: the encoder's own, led by BOS.
+
+    Tokenizers such as SmolLM2's or StarCoder2's define a BOS token that their encoder does not
+    add; the sequence still starts with it. One whose encoder adds BOS keeps it once.
+    """
+    affixes = special_affixes(tokenizer)
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None or bos_id in affixes.prefix:
+        return affixes
+    return SpecialAffixes((bos_id, *affixes.prefix), affixes.suffix)
+
+
+def bos_text(tokenizer: Any) -> str:
+    """The BOS token's text when the encoder does not add it, else "".
+
+    Prepended to a prompt sent as text (a completions request encodes with special tokens on),
+    it makes the model see at inference the ids it was trained on.
+    """
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None or bos_id in special_affixes(tokenizer).prefix:
+        return ""
+    return str(tokenizer.bos_token)
+
+
 class Boundary(StrEnum):
     """How the response ids were obtained."""
 
@@ -291,7 +318,7 @@ def encode_pairs(
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no EOS token; set one before training")
-    affixes = special_affixes(tokenizer)
+    affixes = sequence_affixes(tokenizer)
     examples: list[Example] = []
     rejected: list[Rejected] = []
     stats = DataStats()

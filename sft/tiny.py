@@ -15,10 +15,16 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-TokenizerKind = Literal["byte-bpe", "byte-bpe-bos", "qwen-style", "metaspace", "eos-appending"]
+TokenizerKind = Literal[
+    "byte-bpe", "byte-bpe-bos", "starcoder2-style", "qwen-style", "metaspace", "eos-appending"
+]
+# How each family treats BOS, as the real ones do: byte-bpe defines one its encoder does not
+# add (as SmolLM2), starcoder2-style uses its EOS as BOS and does not add it, qwen-style has
+# none, byte-bpe-bos and metaspace (Llama-like) add it, eos-appending appends EOS instead.
 TOKENIZER_KINDS: tuple[str, ...] = (
     "byte-bpe",
     "byte-bpe-bos",
+    "starcoder2-style",
     "qwen-style",
     "metaspace",
     "eos-appending",
@@ -96,8 +102,13 @@ def build_tokenizer(
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"$A {eos}", special_tokens=[(eos, tokenizer.token_to_id(eos))]
         )
+    bos_token: str | None = bos
+    if kind == "starcoder2-style":
+        bos_token = eos
+    elif kind == "qwen-style":
+        bos_token = None
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, pad_token=pad
+        tokenizer_object=tokenizer, bos_token=bos_token, eos_token=eos, pad_token=pad
     )
 
 

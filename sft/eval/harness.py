@@ -26,8 +26,9 @@ STOP_SEQUENCES: tuple[str, ...] = ("```", SECTION_STOP)
 _INFRA_STATUS = "sandbox_error"
 
 
-def generation_prompt(problem: Problem, system: str | None = None) -> str:
-    return build_prompt(problem.instruction, system or DEFAULT_SYSTEM) + RESPONSE_PREFIX
+def generation_prompt(problem: Problem, system: str | None = None, bos: str = "") -> str:
+    """The prompt text; `bos` is the BOS text for a tokenizer whose encoder does not add it."""
+    return bos + build_prompt(problem.instruction, system or DEFAULT_SYSTEM) + RESPONSE_PREFIX
 
 
 def extract_code(completion: str) -> str:

@@ -77,6 +77,21 @@ def load_problems(config: EvalConfig) -> dict[str, list[Problem]]:
     return problems
 
 
+def prompt_bos(config: EvalConfig) -> str:
+    """BOS text to put before each prompt, so the model sees the ids it was trained on.
+
+    Training starts every sequence with BOS; a completions request only adds what the encoder
+    adds. Without a local model (an existing server named by --base-url alone) nothing is added.
+    """
+    if config.model is None:
+        return ""
+    from transformers import AutoTokenizer
+
+    from sft.data import bos_text
+
+    return bos_text(AutoTokenizer.from_pretrained(config.model))
+
+
 @contextlib.contextmanager
 def open_generator(config: EvalConfig) -> Iterator[Generator]:
     if config.backend == "transformers":
@@ -122,6 +137,7 @@ def evaluate(
 ) -> EvalResults:
     """Runs the configured benchmarks; opens a generator and a sandbox pool when not given."""
     problems = load_problems(config)
+    bos = prompt_bos(config)
     with contextlib.ExitStack() as stack:
         if generator is None:
             generator = stack.enter_context(open_generator(config))
@@ -129,7 +145,7 @@ def evaluate(
             pool = stack.enter_context(open_pool(config))
         summaries: dict[str, BenchmarkSummary] = {}
         for name, items in problems.items():
-            prompts = [generation_prompt(p, config.system) for p in items]
+            prompts = [generation_prompt(p, config.system, bos) for p in items]
             log.info("%s: generating %d completions", name, len(prompts))
             generations = generator.generate(prompts, config.max_tokens, STOP_SEQUENCES)
             log.info("%s: executing %d programs in the sandbox", name, len(items))

@@ -99,3 +99,15 @@ def test_fsdp_resume_matches_one_process(
     losses = _torchrun(tiny_model_dir, out, "fsdp", [])
     assert losses == pytest.approx(single_losses, abs=1e-5)
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_ddp_sequence_weighting_matches_one_process(
+    tiny_model_dir: Path, tmp_path: Path, single_losses: list[float]
+) -> None:
+    # Each rank holds three of a step's six sequences; the mean is still over all six.
+    single = train(
+        make_recipe(tiny_model_dir, tmp_path / "single", loss_weighting="sequence", **SETTINGS)
+    ).losses
+    losses = _torchrun(tiny_model_dir, tmp_path / "ddp", "ddp", ["--loss-weighting", "sequence"])
+    assert losses == pytest.approx(single, abs=1e-5)
+    assert single != pytest.approx(single_losses, abs=1e-4)

@@ -54,6 +54,24 @@ def test_generation_prompt_is_the_training_prompt_plus_a_code_fence() -> None:
     assert RESPONSE_PREFIX == "```python\n"
 
 
+@pytest.mark.parametrize(("kind", "bos"), [("byte-bpe", "<|begin|>"), ("byte-bpe-bos", "")])
+def test_prompts_start_with_the_bos_training_used(kind: str, bos: str, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from sft.eval.run import prompt_bos
+    from sft.tiny import save_tiny_model
+
+    model = save_tiny_model(tmp_path / kind, kind)
+    assert prompt_bos(EvalConfig(model=str(model))) == bos
+    assert prompt_bos(EvalConfig(base_url="http://127.0.0.1:1", served_model="m")) == ""
+    # As a completions request encodes it: one BOS, then the training prompt's ids.
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    problem = HUMANEVAL[0]
+    ids = tokenizer(generation_prompt(problem, bos=bos))["input_ids"]
+    plain = tokenizer(generation_prompt(problem), add_special_tokens=False)["input_ids"]
+    assert ids == [tokenizer.bos_token_id, *plain]
+
+
 @pytest.mark.parametrize(
     ("completion", "code"),
     [

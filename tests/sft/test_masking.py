@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sft.data import IGNORE_INDEX, Pair, RejectReason, encode_pairs, special_affixes
+from sft.data import IGNORE_INDEX, Pair, RejectReason, bos_text, encode_pairs, special_affixes
 from sft.template import build_prompt
 from sft.tiny import TOKENIZER_KINDS, build_tokenizer
 
@@ -66,10 +66,10 @@ def test_labels_mask_exactly_the_prompt(tokenizers: dict[str, Any], kind: str, c
     prompt = build_prompt(INSTRUCTION)
     n = example.prompt_length
 
-    # The masked ids are exactly what the tokenizer gives the prompt at inference time
-    # (leading special tokens included, an appended EOS excluded).
+    # The masked ids are exactly what the tokenizer gives the prompt text sent at inference
+    # (BOS text in front where the encoder does not add it; an appended EOS excluded).
     suffix = len(special_affixes(tokenizer).suffix)
-    inference_ids = tokenizer(prompt)["input_ids"]
+    inference_ids = tokenizer(bos_text(tokenizer) + prompt)["input_ids"]
     assert example.input_ids[:n].tolist() == inference_ids[: len(inference_ids) - suffix]
 
     labels = example.labels
@@ -89,6 +89,39 @@ def test_labels_mask_exactly_the_prompt(tokenizers: dict[str, Any], kind: str, c
     assert decoded == prompt + expected
     if not stats.boundary.get("lstripped"):
         assert stats.boundary == {"exact": 1}
+
+
+# kind: (has a BOS token, its encoder adds it). The tiny families imitate the real ones.
+BOS_HANDLING = {
+    "byte-bpe": (True, False),
+    "smollm2": (True, False),
+    "starcoder2-style": (True, False),
+    "byte-bpe-bos": (True, True),
+    "metaspace": (True, True),
+    "eos-appending": (True, False),
+    "qwen-style": (False, False),
+}
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_every_sequence_starts_with_one_bos(tokenizers: dict[str, Any], kind: str) -> None:
+    tokenizer = _tokenizer(tokenizers, kind)
+    has_bos, adds_bos = BOS_HANDLING[kind]
+    bos = tokenizer.bos_token_id
+    plain = tokenizer(build_prompt(INSTRUCTION), add_special_tokens=False)["input_ids"]
+    # The case this tokenizer stands for really holds.
+    assert (bos is not None) == has_bos
+    assert (tokenizer("x")["input_ids"][0] == bos) == adds_bos
+
+    examples, _, _ = encode_pairs(tokenizer, [Pair("r1", INSTRUCTION, "ok")], 1280)
+    (example,) = examples
+    prompt_ids = example.input_ids[: example.prompt_length].tolist()
+    if has_bos:
+        assert prompt_ids == [bos, *plain]
+    else:
+        assert prompt_ids == plain
+    if bos is not None and bos != tokenizer.eos_token_id:
+        assert example.input_ids.tolist().count(bos) == 1
 
 
 @pytest.mark.parametrize("kind", TOKENIZER_KINDS)

@@ -29,7 +29,7 @@ def test_generation_prompt_equals_the_training_prompt(tokenizer: Any, instructio
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
     )
-    assert rendered == build_prompt(instruction)
+    assert rendered == tokenizer.bos_token + build_prompt(instruction)
 
 
 def test_a_conversation_renders_as_training_examples_with_eos(tokenizer: Any) -> None:
@@ -39,7 +39,7 @@ def test_a_conversation_renders_as_training_examples_with_eos(tokenizer: Any) ->
         {"role": "user", "content": "second"},
     ]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    first = build_example("first", "one") + tokenizer.eos_token
+    first = tokenizer.bos_token + build_example("first", "one") + tokenizer.eos_token
     assert rendered == first + "\n\n### Instruction\nsecond\n\n### Response\n"
 
 
@@ -49,7 +49,7 @@ def test_a_system_message_replaces_the_default_sentence(tokenizer: Any) -> None:
         {"role": "user", "content": "Sort a list."},
     ]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert rendered == build_prompt("Sort a list.", "You answer in haiku.")
+    assert rendered == tokenizer.bos_token + build_prompt("Sort a list.", "You answer in haiku.")
 
 
 def test_a_custom_default_system_is_baked_into_the_template() -> None:
@@ -58,4 +58,18 @@ def test_a_custom_default_system_is_baked_into_the_template() -> None:
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
     )
-    assert rendered == build_prompt("x", 'A "quoted" system.')
+    assert rendered == "<|begin|>" + build_prompt("x", 'A "quoted" system.')
+
+
+@pytest.mark.parametrize("kind", ["byte-bpe", "starcoder2-style", "qwen-style"])
+def test_the_template_starts_with_bos_where_the_tokenizer_has_one(kind: str) -> None:
+    tokenizer = build_tokenizer(kind)
+    tokenizer.chat_template = chat_template()
+    messages = [{"role": "user", "content": "x"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == (tokenizer.bos_token or "") + build_prompt("x")
+    # Tokenized through the template, BOS is there once (byte-level families).
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    plain = tokenizer(build_prompt("x"), add_special_tokens=False)["input_ids"]
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    assert list(ids["input_ids"]) == bos + plain

@@ -17,7 +17,7 @@ from sft.distributed import DistEnv
 from sft.model import Precision
 from sft.template import build_prompt
 from sft.tiny import build_model, build_tokenizer
-from sft.train import run_step, token_loss_sum, train
+from sft.train import loss_sum, run_step, train
 
 from .conftest import FINAL_JSONL, make_recipe
 
@@ -112,7 +112,7 @@ def test_packing_gives_the_same_loss_and_gradients() -> None:
     # The same row without restarting positions attends across sequences: a different loss.
     (row,) = micro_batches(examples, 2, pad, 4096)
     with torch.no_grad():
-        leaky = token_loss_sum(model, replace(row, position_ids=None)).item()
+        leaky = loss_sum(model, replace(row, position_ids=None)).item()
     assert abs(leaky / sum(e.num_targets for e in examples) - padded_loss) > 1e-2
 
 
@@ -155,7 +155,7 @@ def test_run_outputs_logs_and_the_saved_model(tiny_model_dir: Path, tmp_path: Pa
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Sort a list."}], tokenize=False, add_generation_prompt=True
     )
-    assert rendered == build_prompt("Sort a list.")
+    assert rendered == tokenizer.bos_token + build_prompt("Sort a list.")
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     summary = json.loads((final / "sft_training.json").read_text())
     assert summary["state"]["step"] == 2
