@@ -49,42 +49,48 @@ def program_sha(source: str) -> str:
 
 @functools.cache
 def _closing_fence(fence: str) -> re.Pattern[str]:
-    """A run of at least the opening fence's characters that ends a line.
+    """What ends a block opened with `fence`.
 
-    It may stand on its own line or end a line of code (`    return out```), which the
-    reference accepts and models often write; a fence in the middle of a line (`s = "```"`)
-    does not close the block.
+    A run of at least the fence's characters that ends a line: on a line of its own, or at
+    the end of a line of code (`    return out```), which the reference accepts and models
+    often write; a fence in the middle of a line (`s = "```"`) does not close the block.
+    **We** also end the block at a line that opens another one (```` ```python ````): the
+    model forgot to close the first, and a fence line is never part of the code.
     """
     char = re.escape(fence[0])
-    return re.compile(rf"(?<!{char}){char}{{{len(fence)},}}[ \t]*$", re.MULTILINE)
+    run = rf"{char}{{{len(fence)},}}"
+    return re.compile(
+        rf"(?<!{char}){run}[ \t]*$|(?P<reopen>^[ \t]{{0,3}}{run}[ \t]*[^\s`][^\n`]*$)",
+        re.MULTILINE,
+    )
 
 
-def _fences(text: str) -> Iterator[tuple[re.Match[str], re.Match[str] | None]]:
-    """(opening, closing) of each fenced block in order; the last may be unclosed (None)."""
+def _fences(text: str) -> Iterator[tuple[re.Match[str], int, int]]:
+    """(opening, end of body, end of block) of each fenced block in order; the ends of an
+    unclosed block (the last one) are -1."""
     position = 0
     while (opening := _OPEN.search(text, position)) is not None:
         closing = _closing_fence(opening.group("fence")).search(text, opening.end())
-        yield opening, closing
         if closing is None:
-            return  # an unclosed fence runs to the end of the text
-        position = closing.end()
+            yield opening, -1, -1  # an unclosed fence runs to the end of the text
+            return
+        # A line that opens the next block is read again as that block's opening.
+        position = closing.start() if closing.group("reopen") else closing.end()
+        yield opening, closing.start(), position
 
 
 def fence_spans(text: str) -> list[tuple[int, int]]:
     """[start, end) of each fenced block, fences included; an unclosed one runs to the end."""
-    return [
-        (opening.start(), closing.end() if closing is not None else len(text))
-        for opening, closing in _fences(text)
-    ]
+    return [(opening.start(), end if end >= 0 else len(text)) for opening, _, end in _fences(text)]
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
     """(language tag, body) of each closed fenced block, in order."""
     blocks = []
-    for opening, closing in _fences(text):
-        if closing is None:
+    for opening, body_end, _ in _fences(text):
+        if body_end < 0:
             break
-        body = text[opening.end() : closing.start()]
+        body = text[opening.end() : body_end]
         last_newline = body.rfind("\n")
         if not body[last_newline + 1 :].strip():  # the fence stood on a line of its own
             body = body[: max(last_newline, 0)]

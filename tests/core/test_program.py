@@ -188,3 +188,9 @@ def test_blocks_after_a_block_closed_on_a_code_line() -> None:
     program = build_program(response, "```python\nassert h() > 2```")
     assert program.source == "def h():\n    return 3\n\nassert h() == 3\n\nassert h() > 2\n"
     assert program.blocks == 3
+
+
+def test_a_line_opening_a_new_block_ends_an_unclosed_one() -> None:
+    text = "```python\nx = 1\n```python\ny = 2\n```\nprose\n```bash\nls\n```"
+    assert fenced_blocks(text) == [("python", "x = 1"), ("python", "y = 2"), ("bash", "ls")]
+    assert build_program(text).source == "x = 1\n\ny = 2\n"
