@@ -118,7 +118,7 @@ def instruction_of(row: Any, source: str) -> RowOutcome:
     record = Instruction(
         id="u" + stable_hash(text),
         seed="",
-        concepts="",
+        concepts=(),
         category=str(row.get("category") or ""),
         difficulty=str(row.get("difficulty") or ""),
         instruction=text,

@@ -8,6 +8,7 @@ failure never loses the dataset: it is already written, and the error says where
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -15,12 +16,35 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from beam_pipeline.records import FinalPair
 from beam_pipeline.shards import current_shards
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 log = logging.getLogger("beam_pipeline.publish")
+
+
+# What each column of the final dataset holds (docs/schema.md has every record type).
+FIELD_DOCS = {
+    "id": "sample id (`<seed id>.<sample index>`)",
+    "seed": "the seed function the task was drawn from",
+    "sha1": "hash from the seed stage",
+    "concepts": "list of strings: the concepts the model saw in the seed",
+    "instruction": "the task, written by the model",
+    "response": "the model's answer, with its code in fenced blocks",
+    "tests": "the model's own tests, which the response passed in the sandbox",
+    "prompt": "the few-shot prompt the response was generated from",
+    "category": "function, class or program",
+    "difficulty": "easy, medium or hard",
+    "model": "the model that wrote the data",
+    "sampling": "JSON of the sampling parameters",
+    "fingerprints": "JSON of the settings that produced the row",
+    "licenses": "list of strings: licences of the seed's repository",
+    "repo_name": "the seed's repository",
+    "path": "the seed's file in that repository",
+    "tests_in_instruction": "the instruction ends with some of the tests",
+}
 
 
 class PublishError(RuntimeError):
@@ -62,6 +86,10 @@ def dataset_card(repo_id: str, report: dict[str, Any], sample: dict[str, Any] | 
         if "out" in entry
     ]
     lines += ["", "| stage | in | out | rejected | errors |", "|---|---|---|---|---|", *funnel]
+    fields = [
+        f"| `{f.name}` | {FIELD_DOCS.get(f.name, '')} |" for f in dataclasses.fields(FinalPair)
+    ]
+    lines += ["", "## Fields", "", "| field | content |", "|---|---|", *fields]
     return "\n".join(lines) + "\n"
 
 

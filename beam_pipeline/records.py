@@ -4,6 +4,12 @@ Every record is a frozen dataclass. Downstream records extend upstream ones, so 
 carries all upstream fields (method.md §2) and a JSON line is self-contained. Ids are stable
 content hashes: the same input gives the same ids on any runner and worker count.
 
+Records do not store the prompts of the generation stages (they were most of a sample's
+bytes): each stage stores the ids of the few-shot examples it showed, and the
+`concepts_prompt`, `instruction_prompt` and `response_prompt` properties rebuild the exact
+prompt from the record's fields (`core.prompting.rebuild_prompt`). The field-by-field schema
+is in docs/schema.md.
+
 Chain: SourceFile -> Seed -> Concepts -> Instruction -> Sample -> Execution -> FinalPair.
 Side records: Rejection (expected outcome, counted reason) and DeadLetter (unexpected error).
 """
@@ -14,6 +20,8 @@ import dataclasses
 import hashlib
 import json
 from typing import Any, ClassVar, TypeVar
+
+from beam_pipeline.core import prompting
 
 T = TypeVar("T", bound="Record")
 
@@ -121,14 +129,33 @@ class Seed(Record):
         return "s" + stable_hash(seed_text)
 
 
+def as_concepts(value: Any) -> tuple[str, ...]:
+    """A concepts field as a tuple of strings; a string is split on commas (the reference's
+    rule), so a record built or read with one still holds a list."""
+    if isinstance(value, str):
+        return prompting.split_concepts(value)
+    return tuple(str(item) for item in value)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Concepts(Seed):
     """S->C: the concepts the seed shows."""
 
     KIND: ClassVar[str] = "concepts"
 
-    concepts: str
-    concepts_prompt: str = ""
+    concepts: tuple[str, ...]
+    concepts_examples: tuple[str, ...] = ()  # ids of the few-shot examples in its S->C prompt
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        object.__setattr__(self, "concepts", as_concepts(self.concepts))
+
+    @property
+    def concepts_prompt(self) -> str:
+        """The S->C prompt the concepts were generated from (rebuilt, not stored)."""
+        return prompting.rebuild_prompt(self, prompting.STAGE_CONCEPTS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -140,8 +167,13 @@ class Instruction(Concepts):
     category: str
     difficulty: str
     instruction: str
-    instruction_prompt: str = ""
+    instruction_examples: tuple[str, ...] = ()  # ids of the few-shot examples in its C->I prompt
     provenance: str = ""  # JSON: the source row of a user-given instruction (--instructions)
+
+    @property
+    def instruction_prompt(self) -> str:
+        """The C->I prompt the instruction was generated from (rebuilt, not stored)."""
+        return prompting.rebuild_prompt(self, prompting.STAGE_INSTRUCTION)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -155,13 +187,18 @@ class Sample(Instruction):
     response: str
     tests: str
     raw_response: str = ""
-    response_prompt: str = ""
+    response_examples: tuple[str, ...] = ()  # ids of the few-shot examples in its I->R prompt
     model: str = ""
     sampling: str = ""  # JSON of the sampling parameters used
 
     @staticmethod
     def make_id(instruction_id: str, index: int) -> str:
         return f"{instruction_id}.{index}"
+
+    @property
+    def response_prompt(self) -> str:
+        """The I->R prompt of the instruction, shared by its samples (rebuilt, not stored)."""
+        return prompting.rebuild_prompt(self, prompting.STAGE_RESPONSE)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -192,11 +229,11 @@ class FinalPair(Record):
 
     seed: str
     sha1: str
-    concepts: str
+    concepts: tuple[str, ...]
     instruction: str
     response: str
     tests: str
-    prompt: str
+    prompt: str  # the I->R prompt, as in the published datasets (rebuilt from the sample)
     category: str = ""
     difficulty: str = ""
     model: str = ""
@@ -206,6 +243,9 @@ class FinalPair(Record):
     repo_name: str = ""
     path: str = ""
     tests_in_instruction: bool = False  # the instruction ends with some of the tests
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "concepts", as_concepts(self.concepts))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -129,15 +129,20 @@ def pass_rate_table(by_group: dict[str, dict[str, int]]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _concepts_text(value: Any) -> str:
+    return value if isinstance(value, str) else ", ".join(map(str, value))
+
+
 def example_cards(records: Sequence[dict[str, Any]]) -> str:
     if not records:
         return "<p>The final dataset is empty.</p>"
     cards = []
     for rec in records:
+        concepts = _concepts_text(rec.get("concepts", ""))
         cards.append(
             '<div class="card">'
             f'<div class="meta">{_esc(rec.get("id", ""))} · {_esc(rec.get("category", ""))} · '
-            f"{_esc(rec.get('difficulty', ''))} · concepts: {_esc(rec.get('concepts', ''))}</div>"
+            f"{_esc(rec.get('difficulty', ''))} · concepts: {_esc(concepts)}</div>"
             f"<h3>Instruction</h3><p>{_esc(rec.get('instruction', ''))}</p>"
             f"<h3>Response</h3><pre><code>{_esc(rec.get('response', ''))}</code></pre>"
             f"<h3>Tests</h3><pre><code>{_esc(rec.get('tests', ''))}</code></pre>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import socket
@@ -11,6 +12,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from beam_pipeline.publish import PublishError, dataset_card, push_final
+from beam_pipeline.records import FinalPair
 
 REPORT = {
     "stages": {
@@ -88,6 +90,15 @@ def test_unreachable_hub_gives_a_clear_error(tmp_path: pathlib.Path) -> None:
     message = str(caught.value)
     assert "lab/sca" in message and "dataset itself is written" in message
     assert len(list((tmp_path / "final").glob("part-*.jsonl"))) == 2
+
+
+def test_card_documents_every_final_field() -> None:
+    card = dataset_card("x/y", REPORT, None)
+    names = [f.name for f in dataclasses.fields(FinalPair)]
+    for name in names:
+        row = next(line for line in card.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.removeprefix(f"| `{name}` |").strip(" |"), name  # described, not blank
+    assert "| `concepts` | list of strings" in card
 
 
 def test_card_without_sample_still_has_the_funnel() -> None:

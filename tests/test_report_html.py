@@ -48,7 +48,7 @@ EXAMPLE = {
     "id": "s1.0",
     "category": "function",
     "difficulty": "easy",
-    "concepts": "loops, <dicts>",
+    "concepts": ["loops", "<dicts>"],  # a JSON list, as the final records hold it
     "instruction": "Write count_words(text).",
     "response": "```python\ndef count_words(text):\n    return len(text.split())\n```",
     "tests": "```python\nassert count_words('a b') == 2\n```",

@@ -6,6 +6,14 @@ Prompt shape (every stage): the system text, then k few-shot examples headed `##
 then `## Example {k+1}` with the new item's prefix; parts joined by blank lines; the whole
 prompt right-stripped.
 
+Concepts are a list of strings (the published datasets' field): a completion is split on
+commas the way the reference splits it, and a list is joined with ", " wherever a prompt shows
+it, so the C->I prompt is the reference's byte for byte.
+
+Records do not store the prompts they were generated from: each stage stores the ids of the
+few-shot examples it showed (`*_examples`), and `rebuild_prompt` gives the exact prompt back
+from a record's fields and the package's prompt data.
+
 Randomness: every choice for an item (few-shot examples, category, difficulty, sampler seed)
 comes from a generator seeded by the stage name and the record id only, never from bundle,
 worker or run identity, so the same input gives the same prompts on any runner.
@@ -19,9 +27,12 @@ import hashlib
 import random
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
+
+from beam_pipeline.core.program import PYTHON_TAGS, build_program, fence_spans, fenced_blocks
 
 CATEGORIES: tuple[tuple[str, float], ...] = (("function", 0.5), ("class", 0.25), ("program", 0.25))
 DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
@@ -56,7 +67,7 @@ class FewShotExample:
     category: str
     difficulty: str
     snippet: str
-    concepts: str
+    concepts: tuple[str, ...]
     instruction: str
     response: str
     tests: str
@@ -83,10 +94,28 @@ def fewshot_pool() -> tuple[FewShotExample, ...]:
     """The hand-written pool, in file order (the order is part of the determinism)."""
     examples = []
     for raw in _load_toml("fewshot.toml")["example"]:
-        examples.append(
-            FewShotExample(**{k: v.strip() if isinstance(v, str) else v for k, v in raw.items()})
-        )
+        fields = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items()}
+        fields["concepts"] = split_concepts(fields["concepts"])
+        examples.append(FewShotExample(**fields))
     return tuple(examples)
+
+
+@cache
+def _pool_by_id() -> dict[str, FewShotExample]:
+    return {ex.id: ex for ex in fewshot_pool()}
+
+
+def split_concepts(text: str) -> tuple[str, ...]:
+    """Comma-separated concepts as a list: split on commas, each item stripped (the reference's
+    rule); **We** drop empty items (a trailing comma would leave an empty concept)."""
+    return tuple(item for item in (part.strip() for part in text.split(",")) if item)
+
+
+def join_concepts(concepts: Iterable[str] | str) -> str:
+    """How a prompt shows a list of concepts (the reference joins with ", ")."""
+    if isinstance(concepts, str):  # never join a string's characters
+        concepts = split_concepts(concepts)
+    return ", ".join(concepts)
 
 
 @cache
@@ -147,20 +176,20 @@ def build_prompt(system: str, examples: Sequence[str], prefix: str) -> str:
     return "\n\n".join(parts).rstrip()
 
 
-def concepts_block(snippet: str, concepts: str | None = None) -> str:
+def concepts_block(snippet: str, concepts: Sequence[str] | None = None) -> str:
     block = f"### Snippet\n{snippet.strip()}\n\n### Concepts"
-    return block if concepts is None else f"{block}\n{concepts.strip()}"
+    return block if concepts is None else f"{block}\n{join_concepts(concepts)}"
 
 
-def properties_text(category: str, difficulty: str, concepts: str) -> str:
+def properties_text(category: str, difficulty: str, concepts: Sequence[str]) -> str:
     return (
         f"category: {category}\nlanguage: {LANGUAGE}\ndifficulty: {difficulty}\n"
-        f"concepts: {concepts.strip()}"
+        f"concepts: {join_concepts(concepts)}"
     )
 
 
 def instruction_block(
-    category: str, difficulty: str, concepts: str, instruction: str | None = None
+    category: str, difficulty: str, concepts: Sequence[str], instruction: str | None = None
 ) -> str:
     block = f"### Properties\n{properties_text(category, difficulty, concepts)}\n\n### Task"
     return block if instruction is None else f"{block}\n{instruction.strip()}"
@@ -198,29 +227,18 @@ class ResponsePrompt:
     example_ids: tuple[str, ...]
 
 
-def concepts_prompt(
-    record_id: str, snippet: str, k: int = 8, pool: Sequence[FewShotExample] | None = None
-) -> ConceptsPrompt:
-    """S->C: `### Snippet` + seed, `### Concepts`."""
-    rng = item_rng(STAGE_CONCEPTS, record_id)
-    chosen = choose_examples(pool or fewshot_pool(), k, rng)
-    prompt = build_prompt(
+def _concepts_text(chosen: Sequence[FewShotExample], snippet: str) -> str:
+    return build_prompt(
         system_texts()["concepts"],
         [concepts_block(ex.snippet, ex.concepts) for ex in chosen],
         concepts_block(snippet),
     )
-    return ConceptsPrompt(prompt, tuple(ex.id for ex in chosen))
 
 
-def instruction_prompt(
-    record_id: str, concepts: str, k: int = 8, pool: Sequence[FewShotExample] | None = None
-) -> InstructionPrompt:
-    """C->I: `### Properties` (category, language, difficulty, concepts), `### Task`."""
-    rng = item_rng(STAGE_INSTRUCTION, record_id)
-    category = choose_category(rng)
-    difficulty = choose_difficulty(rng)
-    chosen = choose_examples(pool or fewshot_pool(), k, rng)
-    prompt = build_prompt(
+def _instruction_text(
+    chosen: Sequence[FewShotExample], category: str, difficulty: str, concepts: Sequence[str]
+) -> str:
+    return build_prompt(
         system_texts()["instruction"],
         [
             instruction_block(ex.category, ex.difficulty, ex.concepts, ex.instruction)
@@ -228,6 +246,37 @@ def instruction_prompt(
         ],
         instruction_block(category, difficulty, concepts),
     )
+
+
+def _response_text(chosen: Sequence[FewShotExample], instruction: str) -> str:
+    return build_prompt(
+        system_texts()["response"],
+        [response_block(ex.instruction, ex.response, ex.tests) for ex in chosen],
+        response_block(instruction),
+    )
+
+
+def concepts_prompt(
+    record_id: str, snippet: str, k: int = 8, pool: Sequence[FewShotExample] | None = None
+) -> ConceptsPrompt:
+    """S->C: `### Snippet` + seed, `### Concepts`."""
+    rng = item_rng(STAGE_CONCEPTS, record_id)
+    chosen = choose_examples(pool or fewshot_pool(), k, rng)
+    return ConceptsPrompt(_concepts_text(chosen, snippet), tuple(ex.id for ex in chosen))
+
+
+def instruction_prompt(
+    record_id: str,
+    concepts: Sequence[str],
+    k: int = 8,
+    pool: Sequence[FewShotExample] | None = None,
+) -> InstructionPrompt:
+    """C->I: `### Properties` (category, language, difficulty, concepts), `### Task`."""
+    rng = item_rng(STAGE_INSTRUCTION, record_id)
+    category = choose_category(rng)
+    difficulty = choose_difficulty(rng)
+    chosen = choose_examples(pool or fewshot_pool(), k, rng)
+    prompt = _instruction_text(chosen, category, difficulty, concepts)
     return InstructionPrompt(prompt, category, difficulty, tuple(ex.id for ex in chosen))
 
 
@@ -237,12 +286,7 @@ def response_prompt(
     """I->R: `<instruction>...</instruction>`, `<response>`."""
     rng = item_rng(STAGE_RESPONSE, record_id)
     chosen = choose_examples(pool or fewshot_pool(), k, rng)
-    prompt = build_prompt(
-        system_texts()["response"],
-        [response_block(ex.instruction, ex.response, ex.tests) for ex in chosen],
-        response_block(instruction),
-    )
-    return ResponsePrompt(prompt, tuple(ex.id for ex in chosen))
+    return ResponsePrompt(_response_text(chosen, instruction), tuple(ex.id for ex in chosen))
 
 
 def judge_prompt(
@@ -256,6 +300,48 @@ def judge_prompt(
         [judge_block(ex.code, ex.answer) for ex in chosen],
         judge_block(code),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Rebuilding a record's prompt
+
+# Pipeline stage names accepted beside the randomness stage names.
+_STAGE_ALIASES = {"instructions": STAGE_INSTRUCTION, "responses": STAGE_RESPONSE}
+
+
+def _examples_by_id(ids: Sequence[str]) -> list[FewShotExample]:
+    pool = _pool_by_id()
+    missing = [i for i in ids if i not in pool]
+    if missing:
+        raise KeyError(
+            f"few-shot example ids {missing} are not in the package's pool: the record was "
+            "written with other prompt data, so its prompt cannot be rebuilt"
+        )
+    return [pool[i] for i in ids]
+
+
+def rebuild_prompt(record: Any, stage: str, judge_k: int = 7) -> str:
+    """The exact prompt `stage` sent for `record` (a Concepts, Instruction, Sample or later
+    record; a Seed for the judge), from the record's fields and the package's prompt data.
+
+    S->C, C->I and I->R use the few-shot ids the record stores (`concepts_examples`,
+    `instruction_examples`, `response_examples`), so the prompt does not depend on the `*_k`
+    flags of a later run. The judge stores nothing: its prompt is rebuilt from the seed's id
+    and `judge_k` (the `--judge_k` setting of the run).
+    """
+    stage = _STAGE_ALIASES.get(stage, stage)
+    if stage == STAGE_CONCEPTS:
+        return _concepts_text(_examples_by_id(record.concepts_examples), record.seed)
+    if stage == STAGE_INSTRUCTION:
+        chosen = _examples_by_id(record.instruction_examples)
+        return _instruction_text(chosen, record.category, record.difficulty, record.concepts)
+    if stage == STAGE_RESPONSE:
+        # A Sample's id is `<instruction id>.<index>`; the prompt is the instruction's.
+        chosen = _examples_by_id(record.response_examples)
+        return _response_text(chosen, record.instruction)
+    if stage == STAGE_JUDGE:
+        return judge_prompt(record.id, record.seed, k=judge_k)
+    raise ValueError(f"no prompt for stage {stage!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +381,12 @@ _SECTION = re.compile(r"^\s*(###|<\w+>)", re.MULTILINE)
 
 
 def parse_concepts(text: str, finish_reason: str | None = "stop") -> Parsed:
-    """Comma-separated concepts from the first paragraph of the completion."""
+    """The concepts (a tuple of strings) in the first paragraph of the completion.
+
+    Split on commas and each item stripped, as the reference does; **We** read only up to the
+    first blank line or section heading (a base model may run on into another section) and
+    treat a line break like a comma, so a concept never holds a newline.
+    """
     if (rejected := _check_finish(finish_reason)) is not None:
         return rejected
     body = _cut_at_next_example(text)
@@ -303,22 +394,30 @@ def parse_concepts(text: str, finish_reason: str | None = "stop") -> Parsed:
     if match:
         body = body[: match.start()]
     paragraph = body.strip().split("\n\n", 1)[0]
-    items = [" ".join(part.split()) for part in paragraph.replace("\n", ",").split(",")]
-    items = [item.strip(" .;-*") for item in items]
-    items = [item for item in items if item]
-    if not items:
+    concepts = split_concepts(paragraph.replace("\n", ","))
+    if not concepts:
         return _reject(Reason.EMPTY, "no concepts")
-    return Parsed(value=", ".join(items))
+    return Parsed(value=concepts)
+
+
+_HEADING = re.compile(r"^[ \t]*###\s", re.MULTILINE)
 
 
 def parse_instruction(text: str, finish_reason: str | None = "stop") -> Parsed:
-    """The task text up to the next example or section heading."""
+    """The task text up to the next example, or a `### ` heading outside a code block.
+
+    A `### ` line inside a fenced block belongs to the instruction (a Markdown sample, a
+    comment banner): cutting there would leave an unclosed fence. An unclosed fence runs to
+    the end of the text, as in Markdown.
+    """
     if (rejected := _check_finish(finish_reason)) is not None:
         return rejected
     body = _cut_at_next_example(text)
-    match = re.search(r"^\s*###\s", body, re.MULTILINE)
-    if match:
-        body = body[: match.start()]
+    spans = fence_spans(body)
+    for match in _HEADING.finditer(body):
+        if not any(start <= match.start() < end for start, end in spans):
+            body = body[: match.start()]
+            break
     body = body.strip()
     if not body:
         return _reject(Reason.EMPTY, "no instruction")
@@ -360,15 +459,14 @@ def parse_judge(text: str) -> Parsed:
 
 
 # --------------------------------------------------------------------------------------------
-# Code blocks (used to check the few-shot pool; the execution stage has its own rules)
-
-_FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+# Code blocks (used to check the few-shot pool with the execution stage's own rules)
 
 
 def code_blocks(text: str) -> list[str]:
-    return [block.strip("\n") for block in _FENCE.findall(text)]
+    """The Python blocks of `text`, as execution reads them."""
+    return [body for tag, body in fenced_blocks(text) if tag in PYTHON_TAGS]
 
 
 def program_of(response: str, tests: str) -> str:
-    """Every fenced block of the response, then of the tests, joined by blank lines."""
-    return "\n\n".join(code_blocks(response) + code_blocks(tests)) + "\n"
+    """The program execution runs for a response and its tests."""
+    return build_program(response, tests).source

@@ -2,8 +2,9 @@
 
 One completion per seed (n=1) from a few-shot prompt: `concepts_k` examples of `### Snippet`
 and `### Concepts`, then the seed. The few-shot choice and the sampler seed come from the
-seed's id only. Output: the seed's fields plus `concepts` (comma-separated) and
-`concepts_prompt`. Rejections (`rejected/concepts/`): length_truncated, empty,
+seed's id only. Output: the seed's fields plus `concepts` (a list of strings: the completion
+split on commas) and `concepts_examples` (the few-shot ids, from which `concepts_prompt`
+rebuilds the prompt). Rejections (`rejected/concepts/`): length_truncated, empty,
 missing_choice. Dead letters (`errors/concepts/`): client errors (4xx with the server's
 message), exhausted retries, a dead engine, unexpected exceptions.
 """
@@ -44,7 +45,7 @@ class ExtractConceptsFn(ModelCallFn):
             stop=(prompting.EXAMPLE_STOP,),
             seed=prompting.sampler_seed(prompting.STAGE_CONCEPTS, seed.id),
         )
-        return ModelRequest(built.prompt, params)
+        return ModelRequest(built.prompt, params, context=built)
 
     def on_result(
         self, seed: Seed, request: ModelRequest, result: CompletionResult
@@ -58,7 +59,8 @@ class ExtractConceptsFn(ModelCallFn):
             detail = f"{parsed.detail}; completion {completion_excerpt(choice.text)}"
             yield rejection(STAGE, parsed.reason.value, seed, detail)
             return
-        yield seed.derive(Concepts, concepts=parsed.value, concepts_prompt=request.prompt)
+        built: prompting.ConceptsPrompt = request.context
+        yield seed.derive(Concepts, concepts=parsed.value, concepts_examples=built.example_ids)
 
 
 class ExtractConcepts(beam.PTransform):

@@ -2,8 +2,11 @@
 
 One completion per item (n=1). The category (function 50%, class 25%, program 25%), the
 difficulty (uniform over easy/medium/hard), the `instruction_k` few-shot examples and the
-sampler seed come from the record id only. Output: every upstream field plus `category`,
-`difficulty`, `instruction` and `instruction_prompt`. Rejections (`rejected/instructions/`):
+sampler seed come from the record id only. The prompt shows the concepts joined with ", ".
+Output: every upstream field plus `category`, `difficulty`, `instruction` and
+`instruction_examples` (the few-shot ids, from which `instruction_prompt` rebuilds the
+prompt). The instruction ends at the next example or at a `### ` heading outside a code
+block. Rejections (`rejected/instructions/`):
 length_truncated, empty, missing_choice. Dead letters (`errors/instructions/`): client
 errors, exhausted retries, a dead engine, unexpected exceptions.
 """
@@ -64,7 +67,7 @@ class GenerateInstructionFn(ModelCallFn):
             category=built.category,
             difficulty=built.difficulty,
             instruction=parsed.value,
-            instruction_prompt=request.prompt,
+            instruction_examples=built.example_ids,
         )
 
 

@@ -2,7 +2,8 @@
 
 The same model sees `judge_k` shuffled yes/no demonstrations (shuffle seeded by the seed's
 id), then the seed; greedy, at most 5 tokens, stop at a newline. The seed is kept when "yes"
-outnumbers "no" in the answer. Rejections (`rejected/judge/`): docstring_rejected (detail:
+outnumbers "no" in the answer. The prompt is not stored; `core.prompting.rebuild_prompt(seed,
+"judge", judge_k)` gives it back. Rejections (`rejected/judge/`): docstring_rejected (detail:
 the counts and the answer), missing_choice. Dead letters (`errors/judge/`): client errors,
 exhausted retries, a dead engine, unexpected exceptions.
 """

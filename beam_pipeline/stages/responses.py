@@ -4,7 +4,8 @@ One request per instruction with n=`num_samples` and the per-item sampler seed; 
 `response_k` few-shot examples of `<instruction>`, `<response>` and `<tests>`, then the
 instruction and `<response>`; stops at `## Example` and `</tests>`. Each choice becomes a
 Sample with id `<instruction id>.<index>`, carrying every upstream field plus `response`,
-`tests`, `raw_response`, `response_prompt`, `model` and `sampling` (JSON).
+`tests`, `raw_response`, `response_examples` (the few-shot ids, from which `response_prompt`
+rebuilds the prompt), `model` and `sampling` (JSON).
 
 Rejections (`rejected/responses/`, one per dropped sample, under the sample's id):
 length_truncated, unparseable (no `</response>`), empty, missing_tests, missing_choice (the
@@ -49,7 +50,7 @@ class GenerateResponsesFn(ModelCallFn):
             stop=(prompting.EXAMPLE_STOP, prompting.TESTS_STOP),
             seed=prompting.sampler_seed(prompting.STAGE_RESPONSE, item.id),
         )
-        return ModelRequest(built.prompt, params)
+        return ModelRequest(built.prompt, params, context=built)
 
     def on_result(
         self, item: Instruction, request: ModelRequest, result: CompletionResult
@@ -58,6 +59,7 @@ class GenerateResponsesFn(ModelCallFn):
         if not self.config.request_seeds:
             params = params.without_seed()
         sampling = params.to_json()
+        built: prompting.ResponsePrompt = request.context
         by_index = {choice.index: choice for choice in result.choices}
         for index in range(params.n):
             sample_id = Sample.make_id(item.id, index)
@@ -82,7 +84,7 @@ class GenerateResponsesFn(ModelCallFn):
                 response=response,
                 tests=tests,
                 raw_response=choice.text,
-                response_prompt=request.prompt,
+                response_examples=built.example_ids,
                 model=self._client.config.model,
                 sampling=sampling,
             )

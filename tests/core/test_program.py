@@ -157,3 +157,40 @@ def test_sha_is_stable_and_content_based() -> None:
     assert a.sha == b.sha == program_sha(a.source)
     assert len(a.sha) == 64
     assert build_program(RESPONSE).sha != a.sha
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # The closing fence ends the last line of code (the reference accepts this).
+        (
+            "```python\ndef g(xs):\n    out = sorted(xs)\n    return out```\nDone.",
+            "def g(xs):\n    out = sorted(xs)\n    return out",
+        ),
+        ("```python\nx = 1```   \n", "x = 1"),
+        ("```\nassert g([2, 1]) == [1, 2]```", "assert g([2, 1]) == [1, 2]"),
+        # A longer closing run closes too; trailing blanks on the fence line are ignored.
+        ("```python\ny = 2\n````\n", "y = 2"),
+        ("```python\ny = 2\n  ```  \n", "y = 2"),
+    ],
+)
+def test_closing_fence_at_the_end_of_a_code_line(text: str, expected: str) -> None:
+    assert fenced_blocks(text) == [("python" if "python" in text else "", expected)]
+
+
+def test_fence_inside_a_line_does_not_close_the_block() -> None:
+    text = '```python\nticks = "```" + "x"\nprint(ticks)\n```'
+    assert fenced_blocks(text) == [("python", 'ticks = "```" + "x"\nprint(ticks)')]
+
+
+def test_blocks_after_a_block_closed_on_a_code_line() -> None:
+    response = "```python\ndef h():\n    return 3```\nThen:\n```python\nassert h() == 3\n```"
+    program = build_program(response, "```python\nassert h() > 2```")
+    assert program.source == "def h():\n    return 3\n\nassert h() == 3\n\nassert h() > 2\n"
+    assert program.blocks == 3
+
+
+def test_a_line_opening_a_new_block_ends_an_unclosed_one() -> None:
+    text = "```python\nx = 1\n```python\ny = 2\n```\nprose\n```bash\nls\n```"
+    assert fenced_blocks(text) == [("python", "x = 1"), ("python", "y = 2"), ("bash", "ls")]
+    assert build_program(text).source == "x = 1\n\ny = 2\n"

@@ -28,12 +28,12 @@ def test_concepts_prompt(k: int) -> None:
     assert headers == [str(i) for i in range(1, k + 2)]
     pool = {ex.id: ex for ex in p.fewshot_pool()}
     for example_id in built.example_ids:
-        assert pool[example_id].concepts in built.prompt
+        assert ", ".join(pool[example_id].concepts) in built.prompt
     assert built.prompt == built.prompt.rstrip()
 
 
 def test_instruction_prompt_carries_properties() -> None:
-    built = p.instruction_prompt("s1", "recursion, lists", k=8)
+    built = p.instruction_prompt("s1", ("recursion", "lists"), k=8)
     assert built.category in ("function", "class", "program")
     assert built.difficulty in p.DIFFICULTIES
     assert built.prompt.endswith(
@@ -90,15 +90,30 @@ def test_choose_examples_caps_at_pool_size() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("\nrecursion, lists,  dynamic programming\n\n", "recursion, lists, dynamic programming"),
-        ("\nloops, sets\n\n## Example 10\n### Snippet", "loops, sets"),
-        ("\nhash maps, sorting\n### Snippet\nother", "hash maps, sorting"),
-        ("\n- list comprehension\n- slicing\n", "list comprehension, slicing"),
+        (
+            "\nrecursion, lists,  dynamic programming\n\n",
+            ("recursion", "lists", "dynamic programming"),
+        ),
+        ("\nloops, sets\n\n## Example 10\n### Snippet", ("loops", "sets")),
+        ("\nhash maps, sorting\n### Snippet\nother", ("hash maps", "sorting")),
+        # Split on commas, each item stripped, as the reference does: inner text is kept.
+        ("  a  b , c.,d ", ("a  b", "c.", "d")),
+        # A line break separates like a comma; an empty item (trailing comma) is dropped.
+        ("\nlist comprehension,\nslicing,\n", ("list comprehension", "slicing")),
+        ("\nsorting\ngreedy choice", ("sorting", "greedy choice")),
     ],
 )
-def test_parse_concepts(text: str, expected: str) -> None:
+def test_parse_concepts(text: str, expected: tuple[str, ...]) -> None:
     parsed = p.parse_concepts(text)
     assert parsed.ok and parsed.value == expected
+
+
+def test_concepts_list_round_trips_through_the_instruction_prompt() -> None:
+    concepts = p.parse_concepts("\ntwo pointers ,  sorting,hashing\n").value
+    built = p.instruction_prompt("s9", concepts)
+    assert "\nconcepts: two pointers, sorting, hashing\n\n### Task" in built.prompt
+    # A string is split, never joined character by character.
+    assert p.instruction_prompt("s9", "two pointers, sorting, hashing").prompt == built.prompt
 
 
 @pytest.mark.parametrize(
@@ -114,6 +129,32 @@ def test_parse_instruction() -> None:
     assert p.parse_instruction("\nWrite g.\n### Properties\nx").value == "Write g."
     assert p.parse_instruction("   ").reason is Reason.EMPTY
     assert p.parse_instruction("Write", "length").reason is Reason.LENGTH_TRUNCATED
+
+
+INSTRUCTION_WITH_BLOCK = """Write a function `render(rows)` that returns a Markdown report:
+
+```markdown
+### Summary
+| name | total |
+```
+
+The heading line must be exactly `### Summary`."""
+
+
+def test_parse_instruction_keeps_a_heading_inside_a_code_block() -> None:
+    parsed = p.parse_instruction("\n" + INSTRUCTION_WITH_BLOCK + "\n\n### Properties\ncategory: x")
+    assert parsed.value == INSTRUCTION_WITH_BLOCK
+    assert parsed.value.count("```") == 2  # the block stays closed
+
+
+def test_parse_instruction_heading_in_a_python_comment_and_an_unclosed_block() -> None:
+    text = "Fix this:\n```python\n### constants\nN = 3\n```\nKeep N.\n### Task\nmore"
+    assert (
+        p.parse_instruction(text).value
+        == "Fix this:\n```python\n### constants\nN = 3\n```\nKeep N."
+    )
+    unclosed = "Use:\n```python\n### not a heading\nx = 1\n"
+    assert p.parse_instruction(unclosed).value == unclosed.strip()
 
 
 GOOD = (
@@ -173,7 +214,7 @@ def test_pool_covers_categories_and_difficulties() -> None:
         ]
         parsed = p.parse_response(completion.removesuffix("</tests>"))
         assert parsed.ok and parsed.value == (ex.response, ex.tests), ex.id
-        assert p.parse_concepts("\n" + ex.concepts).value == ex.concepts, ex.id
+        assert p.parse_concepts("\n" + p.join_concepts(ex.concepts)).value == ex.concepts, ex.id
 
 
 def test_judge_pool_has_both_answers() -> None:

@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from beam_pipeline.core.prompting import rebuild_prompt
 from beam_pipeline.records import Concepts, Instruction, Sample, Seed
 from beam_pipeline.stages.concepts import ExtractConcepts
 from beam_pipeline.stages.generation import GenerationConfig, GenerationConfigError
@@ -57,7 +58,7 @@ def instruction(i: int, text: str) -> Instruction:
         id=f"i{i:02d}",
         seed=f"def s{i}(): return {i}",
         sha1=f"sha{i}",
-        concepts="loops",
+        concepts=("loops",),
         category="function",
         difficulty="easy",
         instruction=text,
@@ -209,7 +210,8 @@ def test_chain_accounts_for_every_seed(server: ScriptedServer, tmp_path: pathlib
     ):
         assert ids(key) == []
     concept = Concepts.from_dict(out["concepts-main"][0])
-    assert concept.concepts.startswith("concept ") and concept.concepts_prompt.endswith(
+    assert out["concepts-main"][0]["concepts"][1:] == ["loops", "recursion"]  # a JSON list
+    assert concept.concepts[0].startswith("concept ") and concept.concepts_prompt.endswith(
         "### Concepts"
     )
     instr = Instruction.from_dict(out["instructions-main"][0])
@@ -217,6 +219,38 @@ def test_chain_accounts_for_every_seed(server: ScriptedServer, tmp_path: pathlib
     assert instr.concepts == concept.concepts or instr.id != concept.id
     sample = Sample.from_dict(out["responses-main"][0])
     assert sample.seed and sample.concepts and sample.instruction and sample.concepts_prompt
+    # No record stores a prompt: only the few-shot ids they were built from.
+    for key in ("concepts-main", "instructions-main", "responses-main"):
+        assert not any(name.endswith("_prompt") for row in out[key] for name in row)
+
+
+def test_prompts_rebuilt_from_records_are_the_prompts_sent(
+    server: ScriptedServer, tmp_path: pathlib.Path
+) -> None:
+    seeds = [seed(i, " rebuild") for i in range(5)]
+    server.reset_counts()
+    out = run_chain(
+        seeds, config(server, concepts_k=3, instruction_k=2, response_k=2), tmp_path, FNAPI
+    )
+    sent = set(server.prompts_seen)
+    concepts = [Concepts.from_dict(r) for r in out["concepts-main"]]
+    instructions = [Instruction.from_dict(r) for r in out["instructions-main"]]
+    samples = [Sample.from_dict(r) for r in out["responses-main"]]
+    assert len(concepts) == len(instructions) == 5 and len(samples) == 5 * N
+    rebuilt = {
+        "concepts": {c.concepts_prompt for c in concepts},
+        "instructions": {i.instruction_prompt for i in instructions},
+        "responses": {s.response_prompt for s in samples},
+        "judge": {rebuild_prompt(s, "judge", judge_k=7) for s in seeds},
+    }
+    assert all(len(c.concepts_examples) == 3 for c in concepts)
+    assert all(len(s.response_examples) == 2 for s in samples)
+    for stage, prompts in rebuilt.items():
+        assert len(prompts) == 5, stage
+        assert prompts <= sent, stage
+    # Every prompt the server saw is one of them (a sample's later records rebuild the same).
+    assert sent == set().union(*rebuilt.values())
+    assert {s.concepts_prompt for s in samples} == rebuilt["concepts"]
 
 
 def test_rerun_with_cache_sends_no_generation_request(

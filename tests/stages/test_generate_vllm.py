@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from beam_pipeline.records import Seed
+from beam_pipeline.records import Concepts, Seed
 from beam_pipeline.stages.generation import GenerationConfig
 from model_server.serve import VLLMServer
 from tests.conftest import FNAPI
@@ -74,6 +74,6 @@ def test_judge_concepts_instructions_responses_on_vllm(
     # The model does produce usable concepts from a few-shot prompt.
     assert concepts, out.get("concepts-rejected")
     for row in out["concepts-main"]:
-        assert row["concepts"].strip() and row["concepts_prompt"].endswith("### Concepts")
+        assert row["concepts"] and Concepts.from_dict(row).concepts_prompt.endswith("### Concepts")
     for row in out.get("responses-main", []):
         assert row["model"] == vllm_server.model_name and row["tests"]
