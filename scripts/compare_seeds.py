@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from beam_pipeline.core.seeds import check_file, decode_content, extract_functions
 
-_PREFIXED_DOC = re.compile(r'^[ \t]+[rRuU]"""', re.MULTILINE)
+_PREFIX_BEFORE_QUOTES = re.compile(r"(?<![\w\"'])[rRuU]$")
 
 
 def extract(shard: str, out: pathlib.Path, parser: str) -> dict[str, int]:
@@ -91,7 +91,7 @@ def cause(text: str, paths: set[str], other: Side) -> str:
     first = text.split("\n", 1)[0]
     if any(first in other.first_lines.get(p, ()) for p in paths):
         return "same function, different text"
-    if _PREFIXED_DOC.search(text.split('"""', 1)[0] + '"""'):
+    if _PREFIX_BEFORE_QUOTES.search(text.split('"""', 1)[0]):
         return 'docstring with an r/u prefix before """'
     if first.startswith("async "):
         return "async def"
@@ -117,6 +117,8 @@ def compare(reference: pathlib.Path, ours: pathlib.Path, examples: int) -> dict[
         "ours_unique_texts": len(our.texts),
         "ours_occurrences": our.occurrences,
         "ours_decorated_unique_texts": len(our.decorated),
+        "reference_async_texts": sum(t.startswith("async ") for t in ref.texts),
+        "reference_texts_ours_marks_decorated": len(ref.texts & our.decorated),
         "common": len(common),
         "recall": round(len(common) / len(ref.texts), 5) if ref.texts else None,
         "reference_not_ours": len(missed),
