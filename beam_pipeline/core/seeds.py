@@ -210,6 +210,8 @@ def _ast_decorator(node: ast.expr, lines: list[str]) -> str:
     """Source of one decorator, `@` included, as written."""
     first = lines[node.lineno - 1]
     at = first.find("@")
+    if at < 0:  # `@` on an earlier line, joined by a backslash: keep the expression alone
+        return "@" + _ast_source(node, lines)
     end_line = node.end_lineno or node.lineno
     if end_line == node.lineno:
         return _byte_slice(first, 0, node.end_col_offset)[at:]
