@@ -112,7 +112,12 @@ class SourceFile(Record):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Seed(Record):
-    """A seed function: top-level, docstring, returns a value."""
+    """A seed function: top-level, docstring, returns a value.
+
+    `seed` runs from `def` (or `async def`) to the end of the body; the function's decorators,
+    if any, are in `decorators`. `sha1` is the hex SHA-1 of `seed` (the published seed
+    datasets' field); `file_sha1` is the source file's hash (The Stack's `hexsha`).
+    """
 
     KIND: ClassVar[str] = "seed"
 
@@ -123,6 +128,8 @@ class Seed(Record):
     stars: int | None = None
     licenses: tuple[str, ...] = ()
     parser: str = "ast"  # which parser extracted it: "ast" or "tree_sitter"
+    file_sha1: str = ""
+    decorators: tuple[str, ...] = ()  # each decorator's source, `@` included, in order
 
     @staticmethod
     def make_id(seed_text: str) -> str:

@@ -50,7 +50,7 @@ def test_bad_inputs_are_counted_never_lost(tmp_path: pathlib.Path) -> None:
     assert any("no_content.parquet has no 'content'" in e["error"] for e in errors)
     assert any("corrupt.parquet" in e["error"] for e in errors)
     seeds = read_jsonl_dir(out / "seeds")
-    # of two identical functions the copy with the smallest (repo, path, sha1) is kept
+    # of two identical functions the copy with the smallest (repo, path, file_sha1) is kept
     assert sorted(s["path"] for s in seeds) == ["copy.py", "py2.py"]
     assert {s["path"]: s["parser"] for s in seeds}["py2.py"] == "tree_sitter"
     assert len(list((out / "seeds").glob("part-*-of-00002.jsonl"))) == 2

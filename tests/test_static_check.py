@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 
 import pytest
@@ -75,6 +76,8 @@ def test_static_check_stage_end_to_end(tmp_path: pathlib.Path) -> None:
     assert stage["rejected_by_reason"] == {"static_check_failed": 1, "banned_import": 1}
     (seed,) = read_jsonl_dir(out / "seeds")
     assert seed["seed"].startswith("import math") and "def root" in seed["seed"]
+    # sha1 follows the text the checker returns (imports added), as the reference's does
+    assert seed["sha1"] == hashlib.sha1(seed["seed"].encode()).hexdigest()
 
 
 def test_max_seeds_is_a_deterministic_sample(tmp_path: pathlib.Path, bundled_shard: str) -> None:

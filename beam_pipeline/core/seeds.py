@@ -1,17 +1,22 @@
 """Seed extraction and filters (method.md §1), pure functions.
 
 A file is decoded and checked (`check_file`), parsed, and its top-level functions whose first
-statement is a triple-double-quoted docstring are extracted (`extract_functions`). Each
-function then passes the seed filters (`check_seed`). Python's `ast` parses the file first;
-when it rejects the file (The Stack holds much Python 2 code) tree-sitter, if installed,
-recovers the top-level functions, and each one is kept only if it parses as Python 3 on its own.
+statement is a triple-double-quoted docstring are extracted (`extract_functions`): plain,
+`async` and decorated ones, as the reference takes them. A seed's text runs from `def` (or
+`async def`) to the end of its body, with the comment lines tree-sitter keeps in the body;
+decorator lines are not part of it and travel in their own field. Each function then passes
+the seed filters (`check_seed`). Python's `ast` parses the file first; when it rejects the
+file (The Stack holds much Python 2 code) tree-sitter, if installed, recovers the functions,
+and each one is kept only if it parses as Python 3 on its own.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import io
 import re
+import tokenize
 from enum import StrEnum
 
 BANNED_MODULES = frozenset(
@@ -20,7 +25,6 @@ BANNED_MODULES = frozenset(
 BANNED_KEYWORDS = ("todo", "fixme", "bug")
 MAX_SEED_LINES = 150
 DEFAULT_MAX_FILE_BYTES = 1 << 20  # The Stack v1 keeps files up to 1 MB
-_STRING_PREFIX = re.compile(r"^[rRuUbBfF]{0,2}")
 
 
 class FileReason(StrEnum):
@@ -50,8 +54,9 @@ class SeedReason(StrEnum):
 @dataclasses.dataclass(frozen=True)
 class ExtractedFunction:
     name: str
-    text: str
+    text: str  # from `def` (or `async def`) to the end of the body; decorators not included
     parser: str  # "ast" or "tree_sitter"
+    decorators: tuple[str, ...] = ()  # each decorator's source, `@` included, in order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,32 +94,178 @@ def check_file(
     return None
 
 
-def _has_triple_double_docstring(first_stmt_line: str) -> bool:
-    stripped = first_stmt_line.lstrip()
-    return _STRING_PREFIX.sub("", stripped, count=1).startswith('"""')
+# Docstring openings we accept: the reference takes plain `"""` only; we also take `r`/`u`.
+_DOC_PREFIXES = frozenset({"", "r", "u", "R", "U"})
+# The line breaks Python's tokenizer (and tree-sitter) count; str.splitlines also splits on
+# form feeds and Unicode separators, which would shift every line number after them.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LAYOUT_TOKENS = frozenset(
+    {tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+)
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines with their line breaks, broken where Python breaks them."""
+    out: list[str] = []
+    pos = 0
+    for match in _LINE_BREAK.finditer(text):
+        out.append(text[pos : match.end()])
+        pos = match.end()
+    if pos < len(text):
+        out.append(text[pos:])
+    return out
+
+
+def is_docstring_literal(literal: str) -> bool:
+    """Whether a string literal's source is one non-empty triple-double-quoted string.
+
+    Matches the reference's tree-sitter query: a single literal (no implicit concatenation),
+    `\"\"\"` at both ends, some content between them; plus our `r`/`u` prefixes.
+    """
+    quote = literal.find('"""')
+    if quote < 0 or literal[:quote] not in _DOC_PREFIXES:
+        return False
+    i, n = quote + 3, len(literal)
+    while i < n:  # the first unescaped closing quotes must end the literal
+        if literal[i] == "\\":
+            i += 2
+        elif literal.startswith('"""', i):
+            break
+        else:
+            i += 1
+    return i > quote + 3 and i == n - 3
+
+
+def _indent_width(line: str) -> int:
+    """Indentation as tree-sitter's Python scanner measures it (tab 8, form feed resets)."""
+    width = 0
+    for ch in line:
+        if ch == " ":
+            width += 1
+        elif ch == "\t":
+            width += 8
+        elif ch == "\x0c":
+            width = 0
+        else:
+            break
+    return width
+
+
+def _last_line_with_comments(lines: list[str], end: int, body_indent: int) -> int:
+    """Extends a function's last line over the comment lines that belong to its block.
+
+    tree-sitter (and so the reference's seed text) keeps a comment line after the last
+    statement inside the block while it is indented at least as deep as the body; blank lines
+    between are skipped; the first other line closes the block.
+    """
+    last = end
+    for index in range(end, len(lines)):
+        stripped = lines[index].strip(" \t\x0c\r\n")
+        if not stripped:
+            continue
+        if stripped.startswith("#") and _indent_width(lines[index]) >= body_indent:
+            last = index + 1
+            continue
+        break
+    return last
+
+
+def _byte_slice(line: str, start: int, stop: int | None = None) -> str:
+    return line.encode("utf-8", "surrogatepass")[start:stop].decode("utf-8", "surrogatepass")
+
+
+def _ast_source(node: ast.expr, lines: list[str]) -> str:
+    """The exact source of an expression node."""
+    end_line = node.end_lineno or node.lineno
+    if end_line == node.lineno:
+        return _byte_slice(lines[node.lineno - 1], node.col_offset, node.end_col_offset)
+    return "".join(
+        [
+            _byte_slice(lines[node.lineno - 1], node.col_offset),
+            *lines[node.lineno : end_line - 1],
+            _byte_slice(lines[end_line - 1], 0, node.end_col_offset),
+        ]
+    )
+
+
+def _ast_docstring_ok(first: ast.stmt, lines: list[str]) -> bool:
+    if not isinstance(first, ast.Expr):
+        return False
+    value = first.value
+    # The reference also takes `"""doc""", x`: an unparenthesised tuple's items are direct
+    # children of the statement in tree-sitter's tree.
+    if isinstance(value, ast.Tuple) and not _ast_source(value, lines).startswith("("):
+        candidates = value.elts
+    else:
+        candidates = [value]
+    return any(
+        isinstance(c, ast.Constant)
+        and isinstance(c.value, str)
+        and is_docstring_literal(_ast_source(c, lines))
+        for c in candidates
+    )
+
+
+def _ast_decorator(node: ast.expr, lines: list[str]) -> str:
+    """Source of one decorator, `@` included, as written."""
+    first = lines[node.lineno - 1]
+    at = first.find("@")
+    if at < 0:  # `@` on an earlier line, joined by a backslash: keep the expression alone
+        return "@" + _ast_source(node, lines)
+    end_line = node.end_lineno or node.lineno
+    if end_line == node.lineno:
+        return _byte_slice(first, 0, node.end_col_offset)[at:]
+    tail = _byte_slice(lines[end_line - 1], 0, node.end_col_offset)
+    return "".join([first[at:], *lines[node.lineno : end_line - 1], tail])
+
+
+def _ends_in_comment(text: str) -> bool:
+    """Whether the last token of `text` is a comment (a `#` may also sit inside a string)."""
+    last = None
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type not in _LAYOUT_TOKENS:
+                last = token.type
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last == tokenize.COMMENT
+
+
+def _function_text(lines: list[str], first: int, last: int) -> str:
+    """Lines first..last (1-based, inclusive) without the final line break.
+
+    As in the reference's text, which ends where the last token ends: trailing blanks are
+    dropped after code, kept after a comment (a comment token runs to the end of its line).
+    """
+    body = "".join(lines[first - 1 : last]).rstrip("\r\n")
+    stripped = body.rstrip()
+    if stripped == body or "#" not in lines[last - 1]:
+        return stripped
+    return body if _ends_in_comment(body) else stripped
 
 
 def _extract_with_ast(tree: ast.Module, text: str) -> list[ExtractedFunction]:
-    lines = text.splitlines(keepends=True)
+    lines = _split_lines(text)
     out: list[ExtractedFunction] = []
     for node in tree.body:
-        if not isinstance(node, ast.FunctionDef) or node.decorator_list or node.col_offset != 0:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or node.col_offset != 0:
             continue
         first = node.body[0]
-        if not (
-            isinstance(first, ast.Expr)
-            and isinstance(first.value, ast.Constant)
-            and isinstance(first.value.value, str)
-        ):
-            continue
-        # col_offset counts UTF-8 bytes, not characters
-        line = lines[first.lineno - 1].encode("utf-8", "surrogatepass")
-        doc_start = line[first.col_offset :].decode("utf-8", "replace")
-        if not _has_triple_double_docstring(doc_start):
+        if not _ast_docstring_ok(first, lines):
             continue
         end = node.end_lineno or node.lineno
-        source = "".join(lines[node.lineno - 1 : end]).rstrip()
-        out.append(ExtractedFunction(name=node.name, text=source, parser="ast"))
+        first_line = lines[first.lineno - 1]
+        # a body on the `def` line ends at its newline; an indented block takes trailing comments
+        if not _byte_slice(first_line, 0, first.col_offset).strip(" \t\x0c"):
+            end = _last_line_with_comments(lines, end, _indent_width(first_line))
+        out.append(
+            ExtractedFunction(
+                name=node.name,
+                text=_function_text(lines, node.lineno, end),
+                parser="ast",
+                decorators=tuple(_ast_decorator(d, lines) for d in node.decorator_list),
+            )
+        )
     return out
 
 
@@ -138,38 +289,70 @@ def tree_sitter_available() -> bool:
     return _tree_sitter_parser() is not None
 
 
+def _ts_text(data: bytes, node) -> str:
+    return data[node.start_byte : node.end_byte].decode("utf-8", "surrogatepass")
+
+
+def _ts_docstring_ok(function, data: bytes) -> bool:
+    body = function.child_by_field_name("body")
+    if body is None:
+        return False
+    statements = [c for c in body.named_children if c.type != "comment"]
+    if not statements or statements[0].type != "expression_statement":
+        return False
+    for child in statements[0].named_children:
+        if child.type != "string":
+            continue
+        parts = [c.type for c in child.children]
+        if "string_content" in parts and is_docstring_literal(_ts_text(data, child)):
+            return True
+    return False
+
+
+def _ts_decorator(data: bytes, node) -> str:
+    """`@` through the decorator's expression (a comment after it is not part of it)."""
+    parts = [c for c in node.named_children if c.type != "comment"]
+    end = parts[-1].end_byte if parts else node.end_byte
+    return data[node.start_byte : end].decode("utf-8", "surrogatepass")
+
+
 def _extract_with_tree_sitter(text: str) -> list[ExtractedFunction]:
     parser = _tree_sitter_parser()
     if parser is None:
         return []
     data = text.encode("utf-8", "surrogatepass")
-    root = parser.parse(data).root_node
+    # As the reference: every function definition that starts in column 0, wherever error
+    # recovery put it in the tree (decorated ones sit inside a decorated_definition).
+    found = []
+    stack = [parser.parse(data).root_node]
+    while stack:
+        node = stack.pop()
+        is_candidate = node.type == "function_definition" and node.start_point[1] == 0
+        if is_candidate and _ts_docstring_ok(node, data):
+            found.append(node)
+        stack.extend(reversed(node.children))
     out: list[ExtractedFunction] = []
-    for node in root.children:  # top level only; decorated_definition nodes are skipped
-        if node.type != "function_definition" or node.start_point[1] != 0:
-            continue
-        if node.children and node.children[0].type == "async":  # as with ast: plain def only
-            continue
-        body = node.child_by_field_name("body")
-        if body is None or not body.named_children:
-            continue
-        first = body.named_children[0]
-        if first.type != "expression_statement" or not first.named_children:
-            continue
-        doc = first.named_children[0]
-        if doc.type != "string":
-            continue
-        if not _has_triple_double_docstring(data[doc.start_byte : doc.end_byte].decode("utf-8")):
-            continue
+    for node in found:
         name_node = node.child_by_field_name("name")
-        name = name_node.text.decode("utf-8") if name_node is not None else ""
-        source = data[node.start_byte : node.end_byte].decode("utf-8").rstrip()
-        out.append(ExtractedFunction(name=name, text=source, parser="tree_sitter"))
+        parent = node.parent
+        decorators = ()
+        if parent is not None and parent.type == "decorated_definition":
+            decorators = tuple(
+                _ts_decorator(data, c) for c in parent.children if c.type == "decorator"
+            )
+        out.append(
+            ExtractedFunction(
+                name=_ts_text(data, name_node) if name_node is not None else "",
+                text=_ts_text(data, node),
+                parser="tree_sitter",
+                decorators=decorators,
+            )
+        )
     return out
 
 
 def extract_functions(text: str, parser: str = "auto") -> Extraction:
-    """Top-level functions with a triple-double-quoted docstring.
+    """Top-level functions (plain, async, decorated) with a triple-double-quoted docstring.
 
     parser: "ast" (Python 3 files only), "tree_sitter", or "auto" (ast, then tree-sitter for
     files ast rejects).
@@ -189,7 +372,7 @@ def extract_functions(text: str, parser: str = "auto") -> Extraction:
     return Extraction(tuple(_extract_with_ast(tree, text)), parser="ast")
 
 
-def _own_nodes(func: ast.FunctionDef) -> list[ast.AST]:
+def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
     """Nodes of the function body, not descending into nested functions, lambdas or classes."""
     out: list[ast.AST] = []
     stack: list[ast.AST] = list(func.body)
@@ -229,7 +412,7 @@ def check_seed(text: str) -> tuple[SeedReason, str] | None:
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         return SeedReason.NOT_PYTHON3, type(exc).__name__
     func = tree.body[0] if tree.body else None
-    if not isinstance(func, ast.FunctionDef):
+    if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
         return SeedReason.NOT_PYTHON3, "not a function definition"
     # Reasons in the order method.md lists the filters; the first that applies is reported.
     if not any(isinstance(n, ast.Return) and n.value is not None for n in _own_nodes(func)):

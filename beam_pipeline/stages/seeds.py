@@ -1,11 +1,13 @@
 """ExtractSeeds: SourceFile -> Seed (method.md §1).
 
 Steps and their report keys:
-- `extract`: one file in, one parsed file (its candidate functions) or one rejection out.
-  Reasons: empty, not_utf8, binary, too_large, syntax_error, too_deep.
+- `extract`: one file in, one parsed file (its candidate functions: top-level plain, async and
+  decorated `def`s with a docstring) or one rejection out. Reasons: empty, not_utf8, binary,
+  too_large, syntax_error, too_deep.
 - `filter`: one candidate function in, a Seed or a rejection out. Reasons: not_python3,
   no_return_value, too_long, no_parameters, banned_keyword, banned_import.
-- `exact_dedup`: identical function text kept once (the copy from the smallest file id);
+- `exact_dedup`: identical function text kept once (the copy with the smallest repository,
+  path and file hash);
   the others are rejected as `duplicate` with the kept seed's source in `detail`.
 - `static_check` (optional, `--static_check`): autoimport + Pyright in batches; reasons
   static_check_failed (detail: Pyright's first errors) and banned_import (an import autoimport
@@ -25,7 +27,7 @@ import apache_beam as beam
 
 from beam_pipeline.config import SeedConfig
 from beam_pipeline.core import seeds as core
-from beam_pipeline.records import DeadLetter, Rejection, Seed, SourceFile
+from beam_pipeline.records import DeadLetter, Rejection, Seed, SourceFile, sha1_hex
 from beam_pipeline.stages.common import (
     ERRORS,
     MAIN,
@@ -68,12 +70,14 @@ class ExtractFunctionsFn(StageFn):
             Seed(
                 id=Seed.make_id(fn.text),
                 seed=fn.text,
-                sha1=source.sha1,
+                sha1=sha1_hex(fn.text),
                 path=source.path,
                 repo_name=source.repo_name,
                 stars=source.stars,
                 licenses=source.licenses,
                 parser=fn.parser,
+                file_sha1=source.sha1,
+                decorators=fn.decorators,
             )
             for fn in extraction.functions
         )
@@ -90,7 +94,7 @@ class FilterSeedFn(StageFn):
 
 
 def _provenance(seed: Seed) -> tuple[str, str, str]:
-    return (seed.repo_name, seed.path, seed.sha1)
+    return (seed.repo_name, seed.path, seed.file_sha1)
 
 
 class KeepFirstCopyFn(StageFn):
@@ -128,7 +132,9 @@ class StaticCheckFn(StageFn):
                         STAGE, core.SeedReason.BANNED_IMPORT.value, seed, ",".join(banned)
                     )
                 else:
-                    yield dataclasses.replace(seed, seed=verdict.text)
+                    # the id stays that of the extracted text; sha1 follows the text, as the
+                    # reference hashes the function after autoimport
+                    yield dataclasses.replace(seed, seed=verdict.text, sha1=sha1_hex(verdict.text))
 
 
 class SampleSeedsFn(StageFn):

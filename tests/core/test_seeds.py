@@ -16,6 +16,14 @@ from beam_pipeline.core.seeds import (
     tree_sitter_available,
 )
 
+PARSERS = [
+    "auto",
+    pytest.param(
+        "tree_sitter",
+        marks=pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter not installed"),
+    ),
+]
+
 
 def _src(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
@@ -43,16 +51,135 @@ def test_extracts_top_level_function_with_triple_double_docstring() -> None:
         pytest.param("def f(x):\n    'one line'\n    return x\n", id="plain-string"),
         pytest.param("def f(x):\n    return x\n", id="no-docstring"),
         pytest.param('def f(x):\n    y = 1\n    """late"""\n    return x\n', id="not-first"),
-        pytest.param('@cache\ndef f(x):\n    """d"""\n    return x\n', id="decorated"),
         pytest.param(
             'class C:\n    def m(self, x):\n        """d"""\n        return x\n', id="method"
         ),
         pytest.param('if True:\n    def f(x):\n        """d"""\n        return x\n', id="nested"),
-        pytest.param('async def f(x):\n    """d"""\n    return x\n', id="async"),
+        pytest.param('def f(x):\n    """"""\n    return x\n', id="empty-docstring"),
+        pytest.param('def f(x):\n    """a""" """b"""\n    return x\n', id="concatenated"),
+        pytest.param('def f(x):\n    b"""bytes"""\n    return x\n', id="bytes-prefix"),
+        pytest.param('def f(x):\n    f"""{x}"""\n    return x\n', id="f-prefix"),
+        pytest.param('def f(x):\n    ("""a""", 1)\n    return x\n', id="parenthesised-tuple"),
+        pytest.param(
+            '@dataclass\nclass C:\n    def m(self, x):\n        """d"""\n        return x\n',
+            id="decorated-class-method",
+        ),
     ],
 )
-def test_does_not_extract(source: str) -> None:
-    assert extract_functions(source).functions == ()
+@pytest.mark.parametrize("parser", PARSERS)
+def test_does_not_extract(source: str, parser: str) -> None:
+    assert extract_functions(source, parser).functions == ()
+
+
+# (source, seed text, decorators): the seed text starts at `def`, decorators travel apart.
+DECORATED = [
+    pytest.param(
+        '@cache\ndef f(x):\n    """d"""\n    return x\n',
+        'def f(x):\n    """d"""\n    return x',
+        ("@cache",),
+        id="one-decorator",
+    ),
+    pytest.param(
+        "@functools.lru_cache(maxsize=None)  # memo\n@other\n"
+        'def f(x):\n    """d"""\n    return x\n',
+        'def f(x):\n    """d"""\n    return x',
+        ("@functools.lru_cache(maxsize=None)", "@other"),
+        id="stacked-with-arguments",
+    ),
+    pytest.param(
+        '@register(\n    "name",\n    kind=1,\n)\ndef f(x):\n    """d"""\n    return x\n',
+        'def f(x):\n    """d"""\n    return x',
+        ('@register(\n    "name",\n    kind=1,\n)',),
+        id="multi-line-decorator",
+    ),
+    pytest.param(
+        'async def f(x):\n    """d"""\n    return await x\n',
+        'async def f(x):\n    """d"""\n    return await x',
+        (),
+        id="async",
+    ),
+    pytest.param(
+        '@app.get("/")\nasync def f(x):\n    """d"""\n    return x\n',
+        'async def f(x):\n    """d"""\n    return x',
+        ('@app.get("/")',),
+        id="decorated-async",
+    ),
+]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize(("source", "text", "decorators"), DECORATED)
+def test_decorated_and_async_functions_are_extracted(
+    source: str, text: str, decorators: tuple[str, ...], parser: str
+) -> None:
+    (fn,) = extract_functions(source, parser).functions
+    assert (fn.name, fn.text, fn.decorators) == ("f", text, decorators)
+
+
+@pytest.mark.parametrize(("source", "text", "decorators"), DECORATED)
+def test_decorated_and_async_seeds_pass_the_filters(
+    source: str, text: str, decorators: tuple[str, ...]
+) -> None:
+    assert check_seed(text) is None
+
+
+TAIL = 'def f(x):\n    """d"""\n    if x:\n        return x\n'
+
+
+# The reference's seed text keeps the comment lines tree-sitter leaves inside the body.
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize(
+    ("after", "kept_tail"),
+    [
+        pytest.param(
+            "        # in the if\n    # in f\n# module\n    # x\nx = 1\n",
+            "\n        # in the if\n    # in f",
+            id="nested",
+        ),
+        pytest.param("\n    # after a blank\n\nx = 1\n", "\n\n    # after a blank", id="blank"),
+        pytest.param("  # shallower than the body\nx = 1\n", "", id="shallower"),
+        pytest.param("# column 0\n    # indented again\nx = 1\n", "", id="module-level"),
+        pytest.param("    # at the end of the file", "\n    # at the end of the file", id="eof"),
+        pytest.param("    # trailing blanks  \nx = 1\n", "\n    # trailing blanks  ", id="blanks"),
+    ],
+)
+def test_trailing_comment_lines_follow_tree_sitter(after: str, kept_tail: str, parser: str) -> None:
+    (fn,) = extract_functions(TAIL + after, parser).functions
+    assert fn.text == TAIL.rstrip("\n") + kept_tail
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize(
+    ("last_line", "kept"),
+    [
+        ("    return x  # a comment  ", "    return x  # a comment  "),
+        ('    return "#"  ', '    return "#"'),
+        ("    return x   ", "    return x"),
+    ],
+)
+def test_last_line_ends_where_its_last_token_ends(last_line: str, kept: str, parser: str) -> None:
+    source = f'def f(x):\n    """d"""\n{last_line}\nx = 1\n'
+    (fn,) = extract_functions(source, parser).functions
+    assert fn.text == f'def f(x):\n    """d"""\n{kept}'
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_form_feed_and_unicode_separators_do_not_shift_lines(parser: str) -> None:
+    # str.splitlines() breaks at \x0c and \u2028; Python's line numbers do not.
+    source = 'x = "a\u2028b"\n\x0c\ndef f(x):\n    """d"""\n    return x\n'
+    (fn,) = extract_functions(source, parser).functions
+    assert fn.text == 'def f(x):\n    """d"""\n    return x'
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize(
+    "docstring",
+    ['"""a""", 1', '""" """', '"""\\n"""', '"""say \\"""hi\\""" """', '"""{not an f-string}"""'],
+)
+def test_docstring_forms_the_reference_accepts(docstring: str, parser: str) -> None:
+    source = f"def f(x):\n    {docstring}\n    return x\n"
+    (fn,) = extract_functions(source, parser).functions
+    assert fn.text == source.rstrip("\n")
 
 
 @pytest.mark.parametrize("prefix", ["r", "u", "R"])
