@@ -108,7 +108,7 @@ class NameSets:
     classes: frozenset[str]
 
 
-def _squash(name: str) -> str:
+def squash_name(name: str) -> str:
     return name.replace("_", "").lower()
 
 
@@ -124,9 +124,9 @@ def first_block_names(response: str) -> NameSets | str:
     functions, classes = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            functions.add(_squash(node.name))
+            functions.add(squash_name(node.name))
         elif isinstance(node, ast.ClassDef):
-            classes.add(_squash(node.name))
+            classes.add(squash_name(node.name))
     return NameSets(frozenset(functions), frozenset(classes))
 
 
