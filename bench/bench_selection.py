@@ -74,7 +74,9 @@ def _names(rng: random.Random) -> tuple[list[str], list[str]]:
 
 
 def _response(rng: random.Random, functions: list[str], classes: list[str]) -> str:
-    lines = [f"class {c}:\n    items: list = []\n    limit = {rng.randrange(9)}\n" for c in classes]
+    lines = [
+        f"class {c}:\n    items: list = []\n    limit = {rng.randrange(100)}\n" for c in classes
+    ]
     lines += [
         f"def {f}(values, factor={rng.randrange(100)}):\n"
         f"    result = [v * factor for v in values if v]\n    return sum(result)\n"
