@@ -26,7 +26,7 @@ FUNNEL: tuple[tuple[str, str, str], ...] = (
     ("responses", "responses", "out"),
     ("executed", "execution", "out"),
     ("passed", "execution", "passed"),
-    ("selected", "final.unique_names", "out"),
+    ("selected", "final.select", "out"),
     ("final pairs", "final", "out"),
 )
 

@@ -1,18 +1,26 @@
 """Selection of the final pairs (method.md §4), pure functions.
 
-The reference selects with one loop over the passing samples in a seeded shuffle order: drop
-instructions over 200 words, then keep a sample only if its normalised instruction, then its
-normalised response, then its set of defined names was not seen before, each set growing only
-with samples that passed the checks before it. That loop equals three keep-the-lowest-rank
-passes in sequence (one per key, each over the previous pass's survivors), which is how the
-Beam stage runs it: each pass is a GroupByKey, so no worker holds the whole dataset.
+The reference selects with ONE loop over the passing samples in a seeded shuffle order, with a
+set of seen keys shared by instruction and response keys and a set of seen name sets; an
+instruction whose first sample is skipped gives its next sample a chance. Only the loop itself
+is sequential, and it needs little of each sample: `selection_key` turns a sample into 80 bytes
+(its rank in the shuffle and four 128-bit digests), computed anywhere; `select` runs the loop
+over those keys on one worker. The Beam stage joins the verdicts back to the records.
+
+Key layout (`KEY_WIDTH` bytes, compared bytewise so a sort orders by rank first):
+rank (16) | instruction (16) | response (16) | function names (16) | class names (16).
+An empty name set is all zero bytes and never blocks anything.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
+
+import numpy as np
 
 from beam_pipeline.core.program import PYTHON_TAGS, fenced_blocks
 
@@ -39,6 +47,8 @@ class SelectReason(StrEnum):
     SAME_INSTRUCTION = "duplicate_instruction"
     SAME_RESPONSE = "duplicate_response"
     SAME_NAMES = "duplicate_defined_names"
+    FIRST_BLOCK_UNPARSABLE = "first_block_unparsable"
+    CODE_UNPARSABLE = "code_unparsable"
 
 
 def python_blocks(markdown: str) -> list[str]:
@@ -75,10 +85,6 @@ def format_problem(response: str, tests: str) -> tuple[SelectReason, str] | None
     return None
 
 
-def normalise_ws(text: str) -> str:
-    return " ".join(text.split())
-
-
 def instruction_too_long(instruction: str) -> bool:
     return len(instruction.split()) > MAX_INSTRUCTION_WORDS
 
@@ -88,43 +94,211 @@ def shuffle_rank(sample_id: str, seed: int = SHUFFLE_SEED) -> str:
     return hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()
 
 
-def _top_level_defs(code: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+def whitespace_free(text: str) -> str:
+    """The reference's exact-match key: the text with every whitespace character removed."""
+    return "".join(text.split())
+
+
+@dataclasses.dataclass(frozen=True)
+class NameSets:
+    """Names defined anywhere in a block (methods, nested and async functions included),
+    lower-cased with underscores removed, as the reference compares them."""
+
+    functions: frozenset[str]
+    classes: frozenset[str]
+
+
+def squash_name(name: str) -> str:
+    return name.replace("_", "").lower()
+
+
+def first_block_names(response: str) -> NameSets | str:
+    """The name sets of the response's first Python block, or why there are none."""
+    blocks = python_blocks(response)
+    if not blocks:
+        return "no python block"
     try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return []
-    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    return [node for node in tree.body if isinstance(node, kinds)]
+        tree = ast.parse(blocks[0].strip())
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    functions, classes = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            functions.add(squash_name(node.name))
+        elif isinstance(node, ast.ClassDef):
+            classes.add(squash_name(node.name))
+    return NameSets(frozenset(functions), frozenset(classes))
 
 
-def defined_names(response: str) -> tuple[str, ...]:
-    """Sorted top-level function and class names of the response code, lower-cased, no '_'."""
-    code = "\n\n".join(python_blocks(response))
-    return tuple(sorted({n.name.lower().replace("_", "") for n in _top_level_defs(code)}))
+# --- compact keys and the loop --------------------------------------------------------------
+
+DIGEST_BYTES = 16
+KEY_WIDTH = 5 * DIGEST_BYTES
+NO_NAMES = bytes(DIGEST_BYTES)
 
 
-def _strip_docstrings(node: ast.AST) -> None:
-    for child in ast.walk(node):
-        body = getattr(child, "body", None)
+def _digest(data: str, person: bytes) -> bytes:
+    encoded = data.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(encoded, digest_size=DIGEST_BYTES, person=person).digest()
+
+
+def text_digest(text: str) -> bytes:
+    """Digest of the whitespace-free text; instructions and responses share one key space,
+    as they share one set in the reference."""
+    return _digest(whitespace_free(text), b"text")
+
+
+def names_digest(names: frozenset[str]) -> bytes:
+    """Digest of a name set (order-free); function and class sets share one space, as they
+    share one set in the reference. The empty set is `NO_NAMES`."""
+    if not names:
+        return NO_NAMES
+    return _digest("\n".join(sorted(names)), b"names")
+
+
+def rank_bytes(sample_id: str, seed: int = SHUFFLE_SEED) -> bytes:
+    """The first 16 bytes of `shuffle_rank`: sorting by them is sorting by the rank."""
+    return hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:DIGEST_BYTES]
+
+
+def selection_key(
+    sample_id: str, instruction: str, response: str, seed: int = SHUFFLE_SEED
+) -> bytes | str:
+    """The sample's compact key, or why it cannot take part (its first block does not parse:
+    the reference skips such a sample without recording any of its keys)."""
+    names = first_block_names(response)
+    if isinstance(names, str):
+        return names
+    return b"".join(
+        (
+            rank_bytes(sample_id, seed),
+            text_digest(instruction),
+            text_digest(response),
+            names_digest(names.functions),
+            names_digest(names.classes),
+        )
+    )
+
+
+class Verdict(StrEnum):
+    KEPT = "kept"
+    INSTRUCTION_SEEN = "instruction"
+    RESPONSE_SEEN = "response"
+    FUNCTIONS_SEEN = "functions"
+    CLASSES_SEEN = "classes"
+
+
+REASON_OF_VERDICT = {
+    Verdict.INSTRUCTION_SEEN: SelectReason.SAME_INSTRUCTION,
+    Verdict.RESPONSE_SEEN: SelectReason.SAME_RESPONSE,
+    Verdict.FUNCTIONS_SEEN: SelectReason.SAME_NAMES,
+    Verdict.CLASSES_SEEN: SelectReason.SAME_NAMES,
+}
+
+
+class KeyTable:
+    """Compact keys in one flat buffer (no Python object per sample), sorted in place."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def add(self, keys: bytes) -> None:
+        """One key or several concatenated."""
+        if len(keys) % KEY_WIDTH:
+            raise ValueError(f"key bytes not a multiple of {KEY_WIDTH}: {len(keys)}")
+        self._buffer += keys
+
+    def __len__(self) -> int:
+        return len(self._buffer) // KEY_WIDTH
+
+    def in_order(self) -> Iterator[memoryview]:
+        """The keys in shuffle order (bytewise, rank first); views into the buffer."""
+        if self._buffer:
+            view = np.frombuffer(self._buffer, dtype=f"S{KEY_WIDTH}")
+            view.sort(kind="stable")
+            del view  # release the export so the buffer stays usable
+        flat = memoryview(self._buffer)
+        for start in range(0, len(self._buffer), KEY_WIDTH):
+            yield flat[start : start + KEY_WIDTH]
+
+
+def select_in_order(keys: Iterable[bytes | memoryview]) -> Iterator[tuple[bytes, Verdict]]:
+    """The reference's loop over keys already in shuffle order: each key with its verdict."""
+    seen_keys: set[int] = set()
+    seen_names: set[int] = set()
+    no_names = int.from_bytes(NO_NAMES, "big")
+    d = DIGEST_BYTES
+    for key in keys:
+        instruction = int.from_bytes(key[d : 2 * d], "big")
+        response = int.from_bytes(key[2 * d : 3 * d], "big")
+        functions = int.from_bytes(key[3 * d : 4 * d], "big")
+        classes = int.from_bytes(key[4 * d : 5 * d], "big")
+        if instruction in seen_keys:
+            verdict = Verdict.INSTRUCTION_SEEN
+        elif response in seen_keys:
+            verdict = Verdict.RESPONSE_SEEN
+        elif functions != no_names and functions in seen_names:
+            verdict = Verdict.FUNCTIONS_SEEN
+        elif classes != no_names and classes in seen_names:
+            verdict = Verdict.CLASSES_SEEN
+        else:
+            verdict = Verdict.KEPT
+            seen_names.update(n for n in (functions, classes) if n != no_names)
+            seen_keys.add(instruction)
+            seen_keys.add(response)
+        yield bytes(key), verdict
+
+
+def select(keys: Iterable[bytes]) -> Iterator[tuple[bytes, Verdict]]:
+    """Sorts the keys into shuffle order, then runs the loop."""
+    table = KeyTable()
+    for key in keys:
+        table.add(key)
+    return select_in_order(table.in_order())
+
+
+# --- code representation (near-dedup's third text) -------------------------------------------
+
+
+def _python_code(response: str) -> ast.Module | str:
+    """Every Python block of the response, stripped and joined by newlines, parsed; or the
+    parse error."""
+    code = "\n".join(block.strip() for block in python_blocks(response))
+    try:
+        return ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def code_syntax_error(response: str) -> str | None:
+    """Why the response's code has no representation (the sample is dropped), or None."""
+    parsed = _python_code(response)
+    return parsed if isinstance(parsed, str) else None
+
+
+def _strip_docstrings(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
         if (
-            isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module)
-            and isinstance(body, list)
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
             and body
             and isinstance(body[0], ast.Expr)
             and isinstance(body[0].value, ast.Constant)
             and isinstance(body[0].value.value, str)
         ):
-            child.body = body[1:] or [ast.Pass()]
+            node.body = body[1:]  # may leave an empty body, unparsed as a bare header
 
 
 def code_representation(response: str) -> str:
-    """Top-level functions and classes of the response code, docstrings removed, unparsed."""
-    code = "\n\n".join(python_blocks(response))
-    parts = []
-    for node in _top_level_defs(code):
-        _strip_docstrings(node)
-        parts.append(ast.unparse(node))
-    return "\n\n".join(parts)
+    """Top-level `def` and `class` statements (not `async def`) of the response code with
+    their docstrings removed, unparsed; empty when the code does not parse (selection has
+    dropped such samples)."""
+    tree = _python_code(response)
+    if isinstance(tree, str):
+        return ""
+    tree.body = [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)]
+    _strip_docstrings(tree)
+    return ast.unparse(tree)
 
 
 # Optional augmentation: a fraction of the final instructions show some of their own tests,

@@ -4,10 +4,16 @@ Steps and their report keys (all rejections go to `rejected/final/`):
 - `final.format`: failing samples (`not_passed`, detail: the execution status), malformed
   responses (no_code_block, no_test_block, tests_without_assert, tests_only_definitions,
   placeholder) and instructions over 200 words.
-- `final.unique_instruction`, `final.unique_response`, `final.unique_names`: in the seeded
-  shuffle order (rank = hash of 6666 and the sample id), the first sample per
-  whitespace-normalised instruction, then per normalised response, then per set of defined
-  names is kept; the others are rejected with the kept sample's id in `detail`.
+- `final.select`: the reference's single loop. `KeySamples` gives each sample its compact key
+  (`core.selection_key`, 80 bytes) in parallel; a sample whose first Python block does not
+  parse is rejected `first_block_unparsable`. The keys, concatenated in batches, meet on ONE
+  worker (`Gather`), which sorts them into the shuffle order (rank = hash of 6666 and the
+  sample id) and runs the loop; each key leaves with its verdict. `JoinVerdicts` brings the
+  verdicts back to the records by key (a CoGroupByKey, so no worker holds more than one
+  key's records). Skipped samples are rejected `duplicate_instruction`,
+  `duplicate_response` or `duplicate_defined_names` (detail: which key was seen: instruction,
+  response, functions, classes); a kept sample whose code does not parse as a whole is
+  rejected `code_unparsable` (after the loop, as in the reference: its keys stay seen).
 Survivors become FinalPair records with their provenance.
 
 `ShowTestsInInstruction` (optional, `--tests_in_instruction FRACTION`) appends up to three of a
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 
@@ -51,30 +57,51 @@ class FormatCheckFn(StageFn):
             yield sample
 
 
-def instruction_key(sample: Execution) -> str:
-    return core.normalise_ws(sample.instruction)
+class KeySamplesFn(StageFn):
+    """Execution -> (compact key, sample); a first block that does not parse is rejected."""
+
+    def handle(self, sample: Execution) -> Iterator[tuple[bytes, Execution] | Rejection]:
+        key = core.selection_key(sample.id, sample.instruction, sample.response)
+        if isinstance(key, str):
+            reason = core.SelectReason.FIRST_BLOCK_UNPARSABLE.value
+            yield Rejection.of(STAGE, reason, sample, key)
+        else:
+            yield key, sample
 
 
-def response_key(sample: Execution) -> str:
-    return core.normalise_ws(sample.response)
+class SelectLoopFn(beam.DoFn):
+    """(_, batches of keys) -> (key, verdict) for every key. Runs once, on one worker, which
+    holds the keys in one flat buffer (80 bytes each) and the seen digests of kept samples."""
+
+    def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[tuple[bytes, str]]:
+        table = core.KeyTable()
+        for batch in element[1]:
+            table.add(batch)
+        for key, verdict in core.select_in_order(table.in_order()):
+            yield key, verdict.value
 
 
-def names_key(sample: Execution) -> str:
-    return "\x1f".join(core.defined_names(sample.response))
+def _verdict_order(verdict: str) -> tuple[bool, str]:
+    return verdict != core.Verdict.KEPT, verdict
 
 
-class KeepLowestRankFn(StageFn):
-    """(key, samples) -> the sample first in the shuffle; the others rejected with `reason`."""
+class ApplyVerdictsFn(StageFn):
+    """(key, {samples, verdicts}) -> FinalPair or Rejection per sample. Samples share a key
+    only when they are the same for the loop (same id and texts), so any pairing is exact."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(STAGE)
-        self.reason = reason
-
-    def handle(self, keyed: tuple[str, Iterable[Execution]]) -> Iterator[Execution | Rejection]:
-        ranked = sorted(keyed[1], key=lambda s: (core.shuffle_rank(s.id), s.id))
-        yield ranked[0]
-        for sample in ranked[1:]:
-            yield Rejection.of(STAGE, self.reason, sample, f"kept {ranked[0].id}")
+    def handle(self, joined: tuple[bytes, dict[str, Iterable]]) -> Iterator[FinalPair | Rejection]:
+        samples = sorted(joined[1]["samples"], key=lambda s: s.id)
+        verdicts = sorted(joined[1]["verdicts"], key=_verdict_order)
+        if len(samples) != len(verdicts):
+            raise ValueError(f"{len(samples)} samples but {len(verdicts)} verdicts for a key")
+        for sample, verdict in zip(samples, verdicts, strict=True):
+            if verdict != core.Verdict.KEPT:
+                reason = core.REASON_OF_VERDICT[core.Verdict(verdict)].value
+                yield Rejection.of(STAGE, reason, sample, verdict)
+            elif (error := core.code_syntax_error(sample.response)) is not None:
+                yield Rejection.of(STAGE, core.SelectReason.CODE_UNPARSABLE.value, sample, error)
+            else:
+                yield to_final(sample)
 
 
 def to_final(sample: Execution) -> FinalPair:
@@ -99,19 +126,8 @@ def to_final(sample: Execution) -> FinalPair:
     )
 
 
-class _KeepFirstPer(beam.PTransform):
-    def __init__(self, key: Callable[[Execution], str], reason: str) -> None:
-        super().__init__()
-        self.key = key
-        self.reason = reason
-
-    def expand(self, samples: beam.PCollection) -> StageOutputs:
-        grouped = (
-            samples
-            | "Key" >> beam.Map(lambda s, key=self.key: (key(s), s))
-            | "Group" >> beam.GroupByKey()
-        )
-        return apply_stage_fn(grouped, "KeepFirst", KeepLowestRankFn(self.reason))
+# Keys per element that reaches the loop worker: fewer, larger elements through the shuffle.
+KEYS_PER_BATCH = 4096
 
 
 class SelectSamples(beam.PTransform):
@@ -121,24 +137,26 @@ class SelectSamples(beam.PTransform):
 
     def expand(self, executions: beam.PCollection) -> StageOutputs:
         checked = apply_stage_fn(executions, "FormatCheck", FormatCheckFn(STAGE))
-        steps = [checked]
-        current = checked.main
+        keyed = apply_stage_fn(checked.main, "KeySamples", KeySamplesFn(STAGE))
+        verdicts = (
+            keyed.main
+            | "Keys" >> beam.Map(lambda pair: pair[0])
+            | "BatchKeys" >> beam.BatchElements(max_batch_size=KEYS_PER_BATCH)
+            | "JoinBatch" >> beam.Map(lambda keys: (0, b"".join(keys)))
+            | "Gather" >> beam.GroupByKey()
+            | "Loop" >> beam.ParDo(SelectLoopFn())
+        )
+        joined = {"samples": keyed.main, "verdicts": verdicts} | "JoinVerdicts" >> (
+            beam.CoGroupByKey()
+        )
+        applied = apply_stage_fn(joined, "ApplyVerdicts", ApplyVerdictsFn(STAGE))
         if self.accounting is not None:
             self.accounting.count_stage("final.format", executions, checked)
-        for label, key, reason in (
-            ("UniqueInstruction", instruction_key, core.SelectReason.SAME_INSTRUCTION),
-            ("UniqueResponse", response_key, core.SelectReason.SAME_RESPONSE),
-            ("UniqueNames", names_key, core.SelectReason.SAME_NAMES),
-        ):
-            kept = current | label >> _KeepFirstPer(key, reason.value)
-            if self.accounting is not None:
-                name = "final.unique_" + label.removeprefix("Unique").lower()
-                self.accounting.count_stage(name, current, kept)
-            steps.append(kept)
-            current = kept.main
-        final = current | "ToFinalPair" >> beam.Map(to_final)
-        merged = merge_outputs("Select", *steps)
-        return StageOutputs(final, merged.rejected, merged.errors)
+            self.accounting.count_stage(
+                "final.select", checked.main, merge_outputs("SelectLoop", keyed, applied)
+            )
+        merged = merge_outputs("Select", checked, keyed, applied)
+        return StageOutputs(applied.main, merged.rejected, merged.errors)
 
 
 class ShowTestsFn(StageFn):

@@ -1,4 +1,4 @@
-"""Selection rules of method.md §4 on exact reasons."""
+"""Selection rules of method.md §4: format reasons, the keys, and the single loop."""
 
 from __future__ import annotations
 
@@ -8,14 +8,25 @@ import pytest
 
 from beam_pipeline.core import selection
 from beam_pipeline.core.selection import (
+    NO_NAMES,
+    KeyTable,
+    NameSets,
     SelectReason,
+    Verdict,
     code_representation,
-    defined_names,
+    code_syntax_error,
+    first_block_names,
     format_problem,
     instruction_too_long,
-    normalise_ws,
+    names_digest,
     python_blocks,
+    rank_bytes,
+    select,
+    select_in_order,
+    selection_key,
     shuffle_rank,
+    text_digest,
+    whitespace_free,
 )
 
 RESPONSE = (
@@ -70,20 +81,179 @@ def test_instruction_word_limit() -> None:
     assert instruction_too_long(" ".join(["w"] * 201))
 
 
-def test_normalise_ws() -> None:
-    assert normalise_ws("  a\n\tb   c \n") == "a b c"
+def test_keys_remove_every_whitespace_character() -> None:
+    assert whitespace_free("  a\n\tb   c \u00a0d\n") == "abcd"
+    assert text_digest("Write  a\nfunction") == text_digest("Writea function")
+    assert text_digest("Write a function") != text_digest("Write a-function")
+    assert len(text_digest("x")) == 16
 
 
-def test_defined_names_lowercased_without_underscores() -> None:
-    assert defined_names(RESPONSE) == ("box", "countwords")
-    assert defined_names("```python\ndef CountWords(x):\n    return x\n```") == ("countwords",)
+def _block(code: str, tag: str = "python") -> str:
+    return f"```{tag}\n{code}\n```\n"
 
 
-def test_code_representation_drops_docstrings_and_non_definitions() -> None:
-    rep = code_representation(RESPONSE + "\n```python\nprint(1)\n```")
-    assert '"""' not in rep and "Counts words" not in rep
-    assert rep.startswith("def count_Words(text):\n    return len(text.split())")
-    assert "class Box:" in rep and "print(1)" not in rep
+def test_names_cover_methods_nested_and_async_functions() -> None:
+    code = (
+        "import asyncio\n\nclass Stack_Impl:\n    def push(self, x):\n        def _Inner():\n"
+        "            pass\n\n    async def Pop_Item(self):\n        class Node:\n"
+        "            pass\n\nasync def main():\n    await asyncio.sleep(0)\n"
+        "f = lambda: 1\n"
+    )
+    assert first_block_names("Text.\n\n" + _block(code)) == NameSets(
+        functions=frozenset({"push", "inner", "popitem", "main"}),
+        classes=frozenset({"stackimpl", "node"}),
+    )
+
+
+def test_names_come_from_the_first_python_block_only() -> None:
+    response = (
+        _block("ls -la", "bash")
+        + _block("    def Solve(x):\n        return x")
+        + _block("def g(): pass")
+    )
+    # a bash block is not code (it never ran); the first python block is stripped first
+    assert first_block_names(response) == NameSets(frozenset({"solve"}), frozenset())
+    assert first_block_names(_block("x = 1") + _block("def g(): pass")) == NameSets(
+        frozenset(), frozenset()
+    )
+
+
+def test_unparsable_first_block_has_no_names() -> None:
+    assert isinstance(first_block_names(_block("def f(:\n    pass")), str)
+    assert first_block_names("no code") == "no python block"
+    # only the first block must parse for the names
+    assert isinstance(first_block_names(_block("def f(): pass") + _block("oops(")), NameSets)
+    assert isinstance(selection_key("s.0", "Do it.", _block("def f(:")), str)
+
+
+def test_names_digest_is_order_free_and_empty_is_no_names() -> None:
+    assert names_digest(frozenset({"a", "b"})) == names_digest(frozenset({"b", "a"}))
+    assert names_digest(frozenset({"a", "b"})) != names_digest(frozenset({"a"}))
+    assert names_digest(frozenset()) == NO_NAMES
+
+
+def _key(n: int, instruction: str, code: str) -> bytes:
+    key = selection_key(f"s{n}", instruction, f"Answer {n}.\n\n" + _block(code))
+    assert isinstance(key, bytes)
+    return key
+
+
+def _verdicts(keys: list[bytes]) -> list[Verdict]:
+    return [verdict for _, verdict in select_in_order(keys)]
+
+
+def test_blocked_first_sample_lets_the_instruction_try_its_next_sample() -> None:
+    keys = [
+        _key(0, "Write add.", "def add(a, b):\n    return a + b"),
+        # the instruction's first sample reuses add's names; its second sample is new
+        _key(1, "Write plus.", "def add(x, y):\n    return x + y"),
+        _key(2, "Write plus.", "def plus(x, y):\n    return x + y"),
+        _key(3, "Write plus.", "def plus2(x, y):\n    return y + x"),
+    ]
+    assert _verdicts(keys) == [
+        Verdict.KEPT,
+        Verdict.FUNCTIONS_SEEN,
+        Verdict.KEPT,
+        Verdict.INSTRUCTION_SEEN,
+    ]
+
+
+def test_empty_name_sets_never_block() -> None:
+    keys = [_key(i, f"Compute value {i}.", f"x = {i}\nprint(x)") for i in range(6)]
+    assert _verdicts(keys) == [Verdict.KEPT] * 6
+    # a class-only response has an empty function set: it blocks only by its classes
+    keys = [
+        _key(0, "Box one.", "class Box:\n    pass"),
+        _key(1, "Box two.", "class Crate:\n    pass"),
+        _key(2, "Box three.", "class B_o_x:\n    size = 1"),
+    ]
+    assert _verdicts(keys) == [Verdict.KEPT, Verdict.KEPT, Verdict.CLASSES_SEEN]
+
+
+def test_name_sets_compare_as_whole_sets_in_one_space() -> None:
+    keys = [
+        _key(0, "One.", "def solve(x):\n    return x"),
+        _key(1, "Two.", "def solve(x):\n    return x\n\ndef helper():\n    pass"),
+        # a class set equal to a seen function set is seen too (one set of name sets)
+        _key(2, "Three.", "class Solve:\n    pass"),
+        _key(3, "Four.", "def Solve_(y):\n    return -y"),
+    ]
+    assert _verdicts(keys) == [
+        Verdict.KEPT,
+        Verdict.KEPT,
+        Verdict.CLASSES_SEEN,
+        Verdict.FUNCTIONS_SEEN,
+    ]
+
+
+def test_instruction_and_response_keys_share_one_set() -> None:
+    response = "Answer.\n\n" + _block("def f():\n    return 1")
+    first = selection_key("a", response.replace("\n", "  \n"), "Other.\n\n" + _block("y = 2"))
+    second = selection_key("b", "New task.", response)
+    assert isinstance(first, bytes) and isinstance(second, bytes)
+    # the second sample's response equals the first sample's instruction, whitespace aside
+    assert _verdicts([first, second]) == [Verdict.KEPT, Verdict.RESPONSE_SEEN]
+
+
+def test_skipped_samples_record_no_keys() -> None:
+    keys = [
+        _key(0, "First.", "def f():\n    return 0"),
+        _key(1, "Second.", "def f():\n    return 1"),  # names seen: skipped
+        _key(2, "Second.", "def g():\n    return 2"),  # so its instruction is still free
+        _key(4, "Third.", "def h():\n    return 1"),
+        _key(1, "Fourth.", "def f():\n    return 1"),  # sample 1's response was not recorded
+    ]
+    assert _verdicts(keys) == [
+        Verdict.KEPT,
+        Verdict.FUNCTIONS_SEEN,
+        Verdict.KEPT,
+        Verdict.KEPT,
+        Verdict.FUNCTIONS_SEEN,
+    ]
+
+
+def test_select_sorts_by_rank() -> None:
+    keys = [_key(i, f"Task {i}.", f"def f{i}():\n    pass") for i in range(50)]
+    random.Random(1).shuffle(keys)
+    order = [key for key, _ in select(keys)]
+    assert order == sorted(keys)
+    ids = [f"s{i}" for i in range(50)]
+    assert [k[:16] for k in order] == sorted(rank_bytes(i) for i in ids)
+    assert sorted(ids, key=rank_bytes) == sorted(ids, key=shuffle_rank)
+
+
+def test_key_table_sorts_whole_keys_bytewise() -> None:
+    rng = random.Random(2)
+    keys = [rng.randbytes(80) for _ in range(500)]
+    keys += [k[:40] + bytes(40) for k in keys[:50]] + [bytes(80), bytes(79) + b"\x01"]
+    table = KeyTable()
+    for start in range(0, len(keys), 7):
+        table.add(b"".join(keys[start : start + 7]))
+    assert len(table) == len(keys)
+    assert [bytes(k) for k in table.in_order()] == sorted(keys)
+    with pytest.raises(ValueError, match="multiple"):
+        table.add(b"short")
+
+
+def test_code_representation_keeps_top_level_sync_definitions() -> None:
+    code = (
+        '"""Module doc."""\nimport os\n\nasync def fetch():\n    pass\n\n'
+        'def only_doc():\n    """Nothing else."""\n\nclass A:\n    """A."""\n\n'
+        "    async def m(self):\n        'M.'\n        return 1\n\nprint(1)"
+    )
+    rep = code_representation(_block(code))
+    # the reference leaves a body that held only a docstring empty
+    assert rep == "def only_doc():\n\nclass A:\n\n    async def m(self):\n        return 1"
+
+
+def test_code_that_does_not_parse_as_a_whole_is_reported() -> None:
+    good = _block("def f():\n    return 1")
+    assert code_syntax_error(good) is None
+    broken = good + _block("def g(:")
+    assert code_syntax_error(broken) is not None
+    assert code_representation(broken) == ""
+    # blocks of another language are not code
+    assert code_syntax_error(good + _block("not python at all", "text")) is None
 
 
 def test_shuffle_rank_is_a_stable_permutation() -> None:
