@@ -136,7 +136,7 @@ def test_starved_programs_become_dead_letters_and_are_not_cached(tmp_path) -> No
     """A program the machine keeps off the CPU is an infrastructure outcome, not a timeout."""
     cpu = min(os.sched_getaffinity(0))
     pin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n"
-    starved = _sample("starved", f"```python\n{pin}os.nice(19)\nwhile True:\n    pass\n```", "")
+    starved = _sample("starved", f"```python\n{pin}while True:\n    pass\n```", "")
     # Three loops on the same core, each in its own session (a scheduler group of its own).
     hog = [sys.executable, "-c", pin + "while True:\n    pass\n"]
     hogs = [subprocess.Popen(hog, start_new_session=True) for _ in range(3)]
