@@ -340,7 +340,7 @@ def run_program(
 
 
 def default_workers() -> int:
-    """Supervisors per tier: twice the cores.
+    """Supervisors per tier: twice the cores (how many programs run is the slots' business).
 
     A run is a chain of hand-offs (caller, supervisor, program, supervisor, caller), each a
     wake-up that waits for a core; with one supervisor per core the cores idle in between,
@@ -373,7 +373,9 @@ class SandboxPool:
     imports it anyway (without naming it) still works, it imports it itself. The full tier
     starts on first use. With `light_preload == preload` there is one tier.
 
-    Thread-safe: any number of threads may call `run`; each call takes an idle supervisor.
+    Thread-safe: any number of threads may call `run`; each call takes an idle supervisor,
+    then one of the machine's slots (`self.slots`, shared with every other pool and process on
+    the machine) while its program runs.
     """
 
     def __init__(self, config: SandboxConfig = DEFAULT_CONFIG, workers: int | None = None):

@@ -161,9 +161,15 @@ class RunProgramsFn(StageFn):
 
     def setup(self) -> None:
         tag = f"{self.sandbox!r}/{self.workers}"
-        self._holder = self._shared.acquire(lambda: _SharedPool(self.sandbox, self.workers), tag)
-        pool = self._holder.pool
-        log.info("execution: %s, %d supervisors", pool.plan.describe(), pool.workers)
+        holder = self._shared.acquire(lambda: _SharedPool(self.sandbox, self.workers), tag)
+        self._holder = holder
+        pool = holder.pool
+        log.info(
+            "execution: %s, %d supervisors, %d machine slots",
+            pool.plan.describe(),
+            pool.workers,
+            pool.slots.count,
+        )
         if self.cache_dir:
             self._cache = ExecutionCache(self.cache_dir, sandbox_fingerprint(self.sandbox, pool))
 
