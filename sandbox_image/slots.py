@@ -73,7 +73,8 @@ def default_slots_dir() -> str:
     override = os.environ.get(ENV_DIR)
     if override:
         return override
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    shm = "/dev/shm"
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
     return os.path.join(base, f"sandbox-slots-{os.getuid()}")
 
 
@@ -151,6 +152,8 @@ class MachineSlots:
         """Blocks until a slot is free; returns its index (pass it to `release`)."""
         with self._lock:
             self._open()
+        waker = select.poll()  # not select(): a worker may hold more than 1024 descriptors
+        waker.register(self._wake_fd, select.POLLIN)
         with self._queue_lock:
             fcntl.flock(self._queue_fd, fcntl.LOCK_EX)
             try:
@@ -159,7 +162,7 @@ class MachineSlots:
                     index = self._try_take()
                     if index is not None:
                         return index
-                    select.select([self._wake_fd], [], [], POLL_S)
+                    waker.poll(POLL_S * 1000)
             finally:
                 fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
 
