@@ -1,6 +1,6 @@
 """Sandbox throughput: fork-server pool against one bubblewrap process per program.
 
-    .venv/bin/python bench/bench_sandbox.py [--workers N] [--runs 600] [--repeats 5]
+    .venv/bin/python bench/bench_sandbox.py [--workers N] [--runs 600] [--repeats 5] [--work N]
 
 All variants run the same trivial program with full isolation, `--workers` at a time (default:
 the pool's default, twice the cores), and are interleaved within each repeat so machine load
@@ -12,7 +12,9 @@ wall clock depends on what else runs; CPU per run much less, and `cores / CPU pe
 throughput the variant can reach on otherwise idle cores.
 
 - pool: `SandboxPool` with its defaults, `run_many`: the program names no pandas, so it runs
-  in the light tier (numpy pre-imported).
+  in the light tier (numpy pre-imported). Its runs hold the machine's slots (one per core).
+- pool-unbounded: the same with a budget as large as its supervisors (the slots of a private
+  directory): what the machine-wide bound costs on this program.
 - pool-pandas: the same program with a `# pandas` comment: the full tier (numpy and pandas
   pre-imported), i.e. what a fork of the pandas image costs.
 - pool-bare: a pool with nothing pre-imported.
@@ -30,6 +32,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,7 +122,12 @@ def main() -> int:
     parser.add_argument("--process-runs", type=int, default=120, help="per-process measurements")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backend", default="bwrap", choices=("bwrap", "rlimits"))
+    parser.add_argument(
+        "--work", type=int, default=0, help="a program that sums N squares instead (CPU work)"
+    )
     args = parser.parse_args()
+    program = PROGRAM if not args.work else f"assert sum(i * i for i in range({args.work})) >= 0\n"
+    pandas_program = "# pandas\n" + program
 
     if args.workers is None:
         args.workers = default_workers()
@@ -135,24 +143,30 @@ def main() -> int:
     pool = SandboxPool(config, workers=args.workers)
     pool_start = time.perf_counter() - started
     bare = SandboxPool(config.replace(preload=()), workers=args.workers)
+    unbounded = SandboxPool(
+        config.replace(machine_slots=2 * args.workers, slots_dir=tempfile.mkdtemp()),
+        workers=args.workers,
+    )
+    print(f"machine slots: {pool.slots.count} ({pool.slots.directory})")
 
     def one_shot() -> bool:
-        return run_program(PROGRAM, config).passed
+        return run_program(program, config).passed
 
     lean = bwrap_args(
         plan.interpreter,
         privileged=plan.privileged,
         scratch_mb=config.scratch_mb,
-        command=[plan.interpreter.path, "-I", "-S", "-c", PROGRAM],
+        command=[plan.interpreter.path, "-I", "-S", "-c", program],
     )
 
     def bwrap_python() -> bool:
         return subprocess.run(lean, capture_output=True, check=False).returncode == 0
 
     variants = {
-        "pool": (pool_batch(pool, args.runs, PROGRAM), args.runs),
-        "pool-pandas": (pool_batch(pool, args.runs, PANDAS_PROGRAM), args.runs),
-        "pool-bare": (pool_batch(bare, args.runs, PROGRAM), args.runs),
+        "pool": (pool_batch(pool, args.runs, program), args.runs),
+        "pool-unbounded": (pool_batch(unbounded, args.runs, program), args.runs),
+        "pool-pandas": (pool_batch(pool, args.runs, pandas_program), args.runs),
+        "pool-bare": (pool_batch(bare, args.runs, program), args.runs),
         "one-shot": (parallel_batch(one_shot, args.process_runs, args.workers), args.process_runs),
         "bwrap-python": (
             parallel_batch(bwrap_python, args.process_runs, args.workers),
@@ -164,9 +178,10 @@ def main() -> int:
     rates: dict[str, list[float]] = {name: [] for name in variants}
     cpus: dict[str, list[float]] = {name: [] for name in variants}
     try:
-        pool_batch(pool, 50, PROGRAM)()  # warm-up; starts the full tier too
-        pool_batch(pool, 50, PANDAS_PROGRAM)()
-        pool_batch(bare, 50, PROGRAM)()
+        pool_batch(pool, 50, program)()  # warm-up; starts the full tier too
+        pool_batch(pool, 50, pandas_program)()
+        pool_batch(bare, 50, program)()
+        pool_batch(unbounded, 50, program)()
         for _ in range(args.repeats):
             for name, (run, runs) in variants.items():
                 rate, cpu = measure(run, runs, account)
@@ -175,18 +190,20 @@ def main() -> int:
     finally:
         pool.close()
         bare.close()
+        unbounded.close()
         account.close()
     print(f"load average after: {os.getloadavg()}")
     print(f"pool start-up ({args.workers} supervisors, numpy): {pool_start:.2f} s")
-    print(f"workers: {args.workers}  repeats: {args.repeats}  program: {PROGRAM.strip()!r}")
-    header = f"{'variant':13} {'runs/s':>8} {'CPU ms/run':>11} {'idle-core capacity':>19}"
+    print(f"workers: {args.workers}  repeats: {args.repeats}  program: {program.strip()!r}")
+    header = f"{'variant':14} {'runs/s':>8} {'CPU ms/run':>11} {'idle-core capacity':>19}"
     print(header + "  runs/s per repeat")
     rate = {name: statistics.median(v) for name, v in rates.items()}
     cpu = {name: statistics.median(v) for name, v in cpus.items()}
     for name in variants:
         per_repeat = ", ".join(f"{v:.0f}" for v in rates[name])
         capacity = cores * 1000 / cpu[name]
-        print(f"{name:13} {rate[name]:8.1f} {cpu[name]:11.2f} {capacity:15.0f} /s  [{per_repeat}]")
+        print(f"{name:14} {rate[name]:8.1f} {cpu[name]:11.2f} {capacity:15.0f} /s  [{per_repeat}]")
+    print(f"pool / pool-unbounded: {rate['pool'] / rate['pool-unbounded']:.2f}x runs/s")
     for baseline in ("one-shot", "bwrap-python"):
         if baseline in rate:
             print(

@@ -21,7 +21,7 @@ from sandbox_image.executor import run_program
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sandbox_image", description=__doc__.split("\n")[0]
+        prog="python -m sandbox_image", description=(__doc__ or "").split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run FILE in the sandbox and print one JSON result line")

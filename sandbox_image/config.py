@@ -15,8 +15,12 @@ FAILED = "failed"
 TIMEOUT = "timeout"
 MEMORY = "memory"
 CRASHED = "crashed"
+STARVED = "starved"
 SANDBOX_ERROR = "sandbox_error"
-STATUSES = (PASSED, FAILED, TIMEOUT, MEMORY, CRASHED, SANDBOX_ERROR)
+STATUSES = (PASSED, FAILED, TIMEOUT, MEMORY, CRASHED, STARVED, SANDBOX_ERROR)
+# Outcomes that say nothing about the program: retried, never cached, never a verdict.
+INFRASTRUCTURE = (STARVED, SANDBOX_ERROR)
+VERDICTS = tuple(s for s in STATUSES if s not in INFRASTRUCTURE)
 
 BACKENDS = ("auto", "bwrap", "rlimits")
 
@@ -34,6 +38,12 @@ class SandboxConfig:
     uid can execute (see docs/sandbox.md). `site_packages` are extra directories put on the
     program's `sys.path` (read-only); None exposes the calling environment's site-packages
     when the sandbox interpreter is not the calling one.
+    `timeout_s` is the program's own time: the wall clock less the time its processes waited
+    for a CPU, so that a program on a busy machine is not judged for the machine's load; it
+    may take `max_wall_factor` x `timeout_s` of wall clock in all, after which it is `starved`
+    (an infrastructure outcome, retried). `machine_slots` bounds the programs running at once
+    on this machine, across every process (None: its cores); `slots_dir` is where the slots
+    live (None: see `sandbox_image.slots.default_slots_dir`).
     """
 
     timeout_s: float = 10.0
@@ -52,6 +62,9 @@ class SandboxConfig:
     uid_base: int = 1_000_000_000
     max_attempts: int = 3
     start_timeout_s: float = 60.0
+    max_wall_factor: float = 3.0
+    machine_slots: int | None = None
+    slots_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -69,6 +82,10 @@ class SandboxConfig:
             raise ValueError("max_output_bytes must be >= 0")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if not self.max_wall_factor >= 1:
+            raise ValueError(f"max_wall_factor must be >= 1, got {self.max_wall_factor}")
+        if self.machine_slots is not None and self.machine_slots < 1:
+            raise ValueError(f"machine_slots must be >= 1, got {self.machine_slots}")
         if not 0 < self.uid_base < 2**31:
             raise ValueError("uid_base must be in (0, 2**31)")
         if isinstance(self.site_packages, list):
@@ -83,6 +100,10 @@ class SandboxConfig:
         value = self.cpu_time_s if self.cpu_time_s is not None else self.timeout_s + 1.0
         return max(1, int(-(-value // 1)))
 
+    def cpu_limit_for(self, timeout_s: float | None) -> int:
+        """RLIMIT_CPU for a run whose own-time limit is `timeout_s` (None: the config's)."""
+        return self.cpu_limit_s if timeout_s is None else max(1, int(timeout_s + 2))
+
     def replace(self, **changes: Any) -> SandboxConfig:
         return dataclasses.replace(self, **changes)
 
@@ -91,10 +112,14 @@ class SandboxConfig:
 class ExecutionResult:
     """Outcome of one program run.
 
-    status: passed (exit code 0), failed (non-zero exit), timeout (wall clock or CPU limit),
-    memory (MemoryError under the address-space limit), crashed (killed by a signal),
-    sandbox_error (the sandbox itself failed; retried, never a verdict on the program).
+    status: passed (exit code 0), failed (non-zero exit), timeout (it had its time, on a CPU
+    or sleeping of its own accord, and did not finish; or it reached the CPU limit), memory
+    (MemoryError under the address-space limit), crashed (killed by a signal); starved (the
+    wall clock ran out while it waited for a CPU: the machine's fault) and sandbox_error (the
+    sandbox itself failed) are infrastructure outcomes: retried, never a verdict, never cached.
     stdout/stderr are decoded with replacement and cut at `max_output_bytes` each.
+    `cpu_s` is the CPU time of all the program's processes; `run_wait_s` the time they waited
+    for a CPU when a time limit was judged (None otherwise, or where the kernel does not say).
     """
 
     status: str
@@ -104,10 +129,17 @@ class ExecutionResult:
     stdout: str = ""
     stderr: str = ""
     backend: str = ""
+    cpu_s: float = 0.0
+    run_wait_s: float | None = None
 
     @property
     def passed(self) -> bool:
         return self.status == PASSED
+
+    @property
+    def is_verdict(self) -> bool:
+        """Whether this says something about the program (and may be cached)."""
+        return self.status not in INFRASTRUCTURE
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

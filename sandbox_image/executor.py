@@ -6,7 +6,13 @@ with numpy/pandas pre-imported, and forks a fresh child per program: the fast pa
 
 A supervisor that dies, stops answering or reports itself broken gives a `sandbox_error`; the
 caller's job is retried on a fresh supervisor up to `config.max_attempts` times, so a
-`sandbox_error` that reaches the caller means the sandbox, not the program, kept failing.
+`sandbox_error` that reaches the caller means the sandbox, not the program, kept failing. A
+`starved` program (the machine kept it off the CPU past its wall clock) is retried the same
+way after a pause.
+
+Every run holds one of the machine's slots (`sandbox_image.slots`) while its program runs, so
+that all the processes of a machine together run at most `machine_slots` programs at once; a
+program's clock starts when it has its slot.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sandbox_image.config import SANDBOX_ERROR, ExecutionResult, SandboxConfig
+from sandbox_image import protocol
+from sandbox_image.config import STARVED, ExecutionResult, SandboxConfig
 from sandbox_image.launch import Plan, SandboxUnavailable, make_plan
+from sandbox_image.slots import MachineSlots, machine_slots
 
 DEFAULT_CONFIG = SandboxConfig()
-REPLY_GRACE_S = 20.0  # output drain + cleanup inside the supervisor, on top of the timeout
+REPLY_GRACE_S = 20.0  # output drain + cleanup inside the supervisor, on top of the wall clock
+STARVED_PAUSE_S = 1.0  # before running a starved program again (times the attempt number)
 _KILL_UID_SNIPPET = (
     "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
 )
@@ -110,13 +119,21 @@ def sandbox_processes(uids: Iterable[int]) -> list[tuple[int, int]]:
 class Supervisor:
     """One supervisor process and its line protocol."""
 
-    def __init__(self, plan: Plan, config: SandboxConfig, *, preload: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        config: SandboxConfig,
+        *,
+        preload: tuple[str, ...] = (),
+        slots: MachineSlots | None = None,
+    ) -> None:
         self.plan = plan
         self.config = config
         self.preload = preload
+        self.slots = slots or machine_slots(config.machine_slots, config.slots_dir)
         self.proc: subprocess.Popen | None = None
         self.uid: int | None = None
-        self.ready: dict = {}
+        self.ready: protocol.Ready | None = None
         self._buffer = bytearray()
         self._stderr = None
         self._scratch_root: str | None = None
@@ -154,12 +171,12 @@ class Supervisor:
             self.uid = self.config.uid_base + self.proc.pid
         else:
             self._nproc = self.config.max_processes + _own_process_count() + 16
-        init = self.plan.init_message(self.uid, scratch_root, tuple(self.preload))
-        self._send(init)
-        reply = self._receive(time.monotonic() + self.config.start_timeout_s)
-        if not reply.get("ready"):
-            raise SandboxFailure(f"supervisor did not start: {reply.get('error')}")
-        self.ready = reply
+        self._send(self.plan.init_message(self.uid, scratch_root, tuple(self.preload)))
+        deadline = time.monotonic() + self.config.start_timeout_s
+        ready = self._decode(protocol.Ready, self._receive(deadline))
+        if not ready.ready:
+            raise SandboxFailure(f"supervisor did not start: {ready.error}")
+        self.ready = ready
 
     def _stderr_tail(self) -> str:
         if self._stderr is None:
@@ -169,11 +186,17 @@ class Supervisor:
             return self._stderr.read()[-4000:].decode("utf-8", "replace").strip()
         return ""
 
-    def _send(self, message: dict) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        data = (json.dumps(message, ensure_ascii=True) + "\n").encode()
+    @staticmethod
+    def _decode(kind: type[protocol.M], data: dict) -> protocol.M:
         try:
-            self.proc.stdin.write(data)
+            return kind.from_wire(data)
+        except protocol.ProtocolError as exc:
+            raise SandboxFailure(f"unreadable supervisor reply: {exc}") from exc
+
+    def _send(self, message: protocol.Message) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(message.to_wire())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise SandboxFailure(f"supervisor is gone: {exc}; {self._stderr_tail()}") from exc
@@ -204,27 +227,43 @@ class Supervisor:
                 )
             self._buffer += chunk
 
-    def run(self, source: str, stdin: str = "", timeout_s: float | None = None) -> ExecutionResult:
+    def job(self, source: str, stdin: str = "", timeout_s: float | None = None) -> protocol.Job:
         config = self.config
         timeout = config.timeout_s if timeout_s is None else timeout_s
-        job = {
-            "source": source,
-            "stdin": stdin,
-            "timeout_s": timeout,
-            "memory_mb": config.memory_mb,
-            "cpu_s": config.cpu_limit_s if timeout_s is None else max(1, int(timeout + 2)),
-            "nproc": self._nproc,
-            "nofile": config.max_open_files,
-            "fsize_mb": config.max_file_mb,
-            "max_output": config.max_output_bytes,
-        }
-        self._send(job)
-        reply = self._receive(time.monotonic() + timeout + REPLY_GRACE_S)
+        return protocol.Job(
+            source=source,
+            stdin=stdin,
+            timeout_s=timeout,
+            max_wall_s=timeout * config.max_wall_factor,
+            memory_mb=config.memory_mb,
+            cpu_s=config.cpu_limit_for(timeout_s),
+            nproc=self._nproc,
+            nofile=config.max_open_files,
+            fsize_mb=config.max_file_mb,
+            max_output=config.max_output_bytes,
+        )
+
+    def run(self, source: str, stdin: str = "", timeout_s: float | None = None) -> ExecutionResult:
+        """Runs one program while holding one of the machine's slots."""
+        job = self.job(source, stdin, timeout_s)
+        with self.slots.hold():
+            self._send(job)
+            data = self._receive(time.monotonic() + job.max_wall_s + REPLY_GRACE_S)
+        reply = self._decode(protocol.Reply, data)
         self.runs += 1
-        if reply.get("fatal"):
-            raise SandboxFailure(reply.get("stderr", "supervisor failed"))
-        reply["backend"] = self.plan.backend
-        return ExecutionResult.from_dict(reply)
+        if reply.fatal:
+            raise SandboxFailure(reply.stderr or "supervisor failed")
+        return ExecutionResult(
+            status=reply.status,
+            exit_code=reply.exit_code,
+            signal=reply.signal,
+            duration_s=reply.duration_s,
+            stdout=reply.stdout,
+            stderr=reply.stderr,
+            backend=self.plan.backend,
+            cpu_s=reply.cpu_s,
+            run_wait_s=reply.run_wait_s,
+        )
 
     def close(self) -> None:
         proc = self.proc
@@ -269,6 +308,12 @@ def _error(message: str, backend: str) -> ExecutionResult:
     return ExecutionResult.sandbox_error(message, backend=backend)
 
 
+def _pause_before_retry(result: ExecutionResult, attempt: int) -> None:
+    """A starved program is run again once the machine had a moment to catch up."""
+    if result.status == STARVED:
+        time.sleep(STARVED_PAUSE_S * (attempt + 1))
+
+
 def run_program(
     source: str, config: SandboxConfig = DEFAULT_CONFIG, stdin: str = ""
 ) -> ExecutionResult:
@@ -278,7 +323,9 @@ def run_program(
     except SandboxUnavailable as exc:
         return _error(str(exc), config.backend)
     result = _error("not run", plan.backend)
-    for _attempt in range(config.max_attempts):
+    for attempt in range(config.max_attempts):
+        if attempt:
+            _pause_before_retry(result, attempt - 1)
         supervisor = Supervisor(plan, config)
         try:
             supervisor.start()
@@ -287,13 +334,13 @@ def run_program(
             result = _error(str(exc), plan.backend)
         finally:
             supervisor.close()
-        if result.status != SANDBOX_ERROR:
+        if result.is_verdict:
             return result
     return result
 
 
 def default_workers() -> int:
-    """Supervisors per tier: twice the cores.
+    """Supervisors per tier: twice the cores (how many programs run is the slots' business).
 
     A run is a chain of hand-offs (caller, supervisor, program, supervisor, caller), each a
     wake-up that waits for a core; with one supervisor per core the cores idle in between,
@@ -326,13 +373,16 @@ class SandboxPool:
     imports it anyway (without naming it) still works, it imports it itself. The full tier
     starts on first use. With `light_preload == preload` there is one tier.
 
-    Thread-safe: any number of threads may call `run`; each call takes an idle supervisor.
+    Thread-safe: any number of threads may call `run`; each call takes an idle supervisor,
+    then one of the machine's slots (`self.slots`, shared with every other pool and process on
+    the machine) while its program runs.
     """
 
     def __init__(self, config: SandboxConfig = DEFAULT_CONFIG, workers: int | None = None):
         self.config = config
         self.workers = max(1, workers if workers is not None else default_workers())
         self.plan = make_plan(config)  # raises SandboxUnavailable for an impossible backend
+        self.slots = machine_slots(config.machine_slots, config.slots_dir)
         self._lock = threading.Lock()
         self._live: set[Supervisor] = set()
         self._uids: set[int] = set()
@@ -373,7 +423,7 @@ class SandboxPool:
     def _try_start(self, preload: tuple[str, ...]) -> Supervisor | None:
         if self._closed:
             return None
-        supervisor = Supervisor(self.plan, self.config, preload=preload)
+        supervisor = Supervisor(self.plan, self.config, preload=preload, slots=self.slots)
         try:
             supervisor.start()
         except SandboxFailure:
@@ -405,7 +455,9 @@ class SandboxPool:
         supervisor = tier.idle.get()
         result = _error("not run", self.plan.backend)
         try:
-            for _attempt in range(self.config.max_attempts):
+            for attempt in range(self.config.max_attempts):
+                if attempt:
+                    _pause_before_retry(result, attempt - 1)
                 if supervisor is None:
                     supervisor = self._try_start(tier.preload)
                     if supervisor is None:
@@ -418,7 +470,7 @@ class SandboxPool:
                     self._discard(supervisor)
                     supervisor = None
                     continue
-                if result.status != SANDBOX_ERROR:
+                if result.is_verdict:
                     return result
             return result
         finally:

@@ -25,12 +25,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sandbox_image import protocol
 from sandbox_image.config import SandboxConfig
 
 log = logging.getLogger("sandbox_image")
 
 SUPERVISOR_PATH = str(Path(__file__).with_name("supervisor.py"))
+PROTOCOL_PATH = str(Path(__file__).with_name("protocol.py"))
 SANDBOX_SUPERVISOR_PATH = "/opt/sandbox/supervisor.py"
+SANDBOX_PROTOCOL_PATH = "/opt/sandbox/protocol.py"  # beside the supervisor, which loads it
 SANDBOX_SCRATCH_ROOT = "/sandbox"
 
 # Capabilities the in-sandbox supervisor keeps when bwrap runs as root (no user namespace):
@@ -287,6 +290,9 @@ def bwrap_args(
         "--ro-bind",
         SUPERVISOR_PATH,
         SANDBOX_SUPERVISOR_PATH,
+        "--ro-bind",
+        PROTOCOL_PATH,
+        SANDBOX_PROTOCOL_PATH,
         "--chdir",
         "/",
     ]
@@ -330,7 +336,9 @@ class Plan:
             )
         return [self.interpreter.path, "-I", "-S", SUPERVISOR_PATH]
 
-    def init_message(self, uid: int | None, scratch_root: str, preload: tuple[str, ...]) -> dict:
+    def init_message(
+        self, uid: int | None, scratch_root: str, preload: tuple[str, ...]
+    ) -> protocol.Init:
         if self.backend == "bwrap":
             cleanup, sweep_all, sweep_owned = "pidns", ["/tmp", "/dev/shm", "/dev/mqueue"], []
         elif uid is not None:
@@ -338,20 +346,20 @@ class Plan:
             sweep_owned = world_writable_dirs()
         else:
             cleanup, sweep_all, sweep_owned = "pgroup", [], []
-        return {
-            "uid": uid,
-            "scratch_root": scratch_root,
-            "cleanup": cleanup,
-            "sweep_all": sweep_all,
-            "sweep_owned": sweep_owned,
-            "private_ipc": self.backend == "bwrap",  # its own IPC namespace per supervisor
-            "site_dirs": list(self.interpreter.site_dirs),
+        return protocol.Init(
+            uid=uid,
+            scratch_root=scratch_root,
+            cleanup=cleanup,
+            sweep_all=sweep_all,
+            sweep_owned=sweep_owned,
+            private_ipc=self.backend == "bwrap",  # its own IPC namespace per supervisor
+            site_dirs=list(self.interpreter.site_dirs),
             # Read-only binds that may sit inside a swept directory (a venv under /tmp): the
             # sweep leaves them and their parents alone.
-            "protect": sorted({*self.interpreter.needs, *self.interpreter.site_dirs}),
-            "preload": list(preload),
-            "env": dict(PROGRAM_ENV),
-        }
+            protect=sorted({*self.interpreter.needs, *self.interpreter.site_dirs}),
+            preload=list(preload),
+            env=dict(PROGRAM_ENV),
+        )
 
     def describe(self) -> str:
         return (

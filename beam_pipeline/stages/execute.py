@@ -7,17 +7,20 @@ in the sandbox: one fork-server `SandboxPool` per worker process (built in `DoFn
 by the DoFn instances of that process), so a batch keeps every supervisor busy.
 
 Output (main): one `Execution` per sample that ran, whatever its verdict: passed, failed,
-timeout, memory, crashed. Selection keeps the passing ones.
+timeout, memory, crashed. Selection keeps the passing ones. A timeout is a verdict only when
+the program had its time: its clock counts its own time, not the time the machine kept it
+waiting for a CPU (method.md §3; docs/sandbox.md).
 Rejections (`rejected/execution/`): `no_code` (no Python block in the response or tests).
 Dead letters (`errors/execution/`): samples whose sandbox kept failing (`sandbox_error` after
-the pool's retries on fresh supervisors): an infrastructure fault is never a failed sample.
+the pool's retries on fresh supervisors) or whose program stayed `starved` (kept off the CPU
+past its wall clock on every attempt): an infrastructure outcome is never a failed sample.
 
 Execution cache (optional, any fsspec URL): `CACHE/<key[:2]>/<key>.json` holds the result of
 a program, keyed by the program's SHA-256 and a fingerprint of the limits, backend and
 interpreter version. A rerun, or a duplicate program in the same run, is not executed again.
-sandbox_error results are never cached.
+Infrastructure outcomes (sandbox_error, starved) are never cached.
 
-Metrics (namespace `selfcodealign`): execution_<status> per verdict, execution_cache_hit,
+Metrics (namespace `selfcodealign`): execution_<status> per status, execution_cache_hit,
 execution_cache_miss, execution_cache_error, execution_duration_ms (distribution).
 """
 
@@ -44,11 +47,18 @@ from beam_pipeline.stages.common import (
     apply_stage_fn,
     merge_outputs,
 )
-from sandbox_image import STATUSES, ExecutionResult, SandboxConfig, SandboxPool
+from sandbox_image import (
+    SANDBOX_ERROR,
+    STATUSES,
+    VERDICTS,
+    ExecutionResult,
+    SandboxConfig,
+    SandboxPool,
+)
 
 STAGE = "execution"
-SANDBOX_ERROR = "sandbox_error"
-VERDICTS = tuple(s for s in STATUSES if s != SANDBOX_ERROR)
+# Bumped when what makes a verdict changes: results cached under another rule are not reused.
+VERDICT_RULES = "own-time-1"
 # Execution records carry program output: keep it short, there are millions of them.
 DEFAULT_SANDBOX = SandboxConfig(max_output_bytes=8192)
 
@@ -107,7 +117,9 @@ class ExecutionCache:
 def sandbox_fingerprint(config: SandboxConfig, pool: SandboxPool) -> str:
     """What a verdict depends on besides the program: limits, backend, interpreter."""
     fields = {
+        "rules": VERDICT_RULES,
         "timeout_s": config.timeout_s,
+        "max_wall_factor": config.max_wall_factor,
         "memory_mb": config.memory_mb,
         "cpu": config.cpu_limit_s,
         "nproc": config.max_processes,
@@ -149,9 +161,15 @@ class RunProgramsFn(StageFn):
 
     def setup(self) -> None:
         tag = f"{self.sandbox!r}/{self.workers}"
-        self._holder = self._shared.acquire(lambda: _SharedPool(self.sandbox, self.workers), tag)
-        pool = self._holder.pool
-        log.info("execution: %s, %d supervisors", pool.plan.describe(), pool.workers)
+        holder = self._shared.acquire(lambda: _SharedPool(self.sandbox, self.workers), tag)
+        self._holder = holder
+        pool = holder.pool
+        log.info(
+            "execution: %s, %d supervisors, %d machine slots",
+            pool.plan.describe(),
+            pool.workers,
+            pool.slots.count,
+        )
         if self.cache_dir:
             self._cache = ExecutionCache(self.cache_dir, sandbox_fingerprint(self.sandbox, pool))
 
@@ -185,7 +203,7 @@ class RunProgramsFn(StageFn):
         assert self._holder is not None
         fresh = dict(zip(todo, self._holder.pool.run_many(todo), strict=True))
         results.update(fresh)
-        self._store({keys[s]: r for s, r in fresh.items() if r.status != SANDBOX_ERROR})
+        self._store({keys[s]: r for s, r in fresh.items() if r.is_verdict})
         return results
 
     def handle(self, batch: list[tuple[Sample, str]]) -> Iterator[Execution | DeadLetter]:
@@ -199,8 +217,8 @@ class RunProgramsFn(StageFn):
         for sample, source in batch:
             result = results[source]
             self._status[result.status].inc()
-            if result.status == SANDBOX_ERROR:
-                yield self._dead_letter(sample, result.stderr)
+            if not result.is_verdict:
+                yield self._dead_letter(sample, result)
                 continue
             self._duration.update(int(result.duration_s * 1000))
             yield sample.derive(
@@ -216,12 +234,19 @@ class RunProgramsFn(StageFn):
             )
 
     @staticmethod
-    def _dead_letter(sample: Sample, message: str) -> DeadLetter:
+    def _dead_letter(sample: Sample, outcome: ExecutionResult | str) -> DeadLetter:
+        if isinstance(outcome, str):
+            error = f"sandbox_error: {outcome}"
+        elif outcome.status == SANDBOX_ERROR:
+            error = f"sandbox_error: {outcome.stderr}"
+        else:
+            error = (
+                f"{outcome.status}: {outcome.cpu_s:.2f} s on a CPU, "
+                f"{outcome.run_wait_s or 0:.2f} s waiting for one, {outcome.duration_s:.2f} s "
+                "wall clock"
+            )
         return DeadLetter(
-            id=sample.id,
-            stage=STAGE,
-            error=f"sandbox_error: {message}"[:2000],
-            record=clip(sample.to_json()),
+            id=sample.id, stage=STAGE, error=error[:2000], record=clip(sample.to_json())
         )
 
 

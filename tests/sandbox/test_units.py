@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_image import ExecutionResult, SandboxConfig
+from sandbox_image import ExecutionResult, SandboxConfig, protocol
 from sandbox_image.launch import Interpreter, _accessible_to_others, bwrap_args
-from sandbox_image.supervisor import _Capture, classify, clear_directory, remove_path
+from sandbox_image.supervisor import (
+    _Capture,
+    classify,
+    clear_directory,
+    judge_time,
+    program_time,
+    remove_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -36,6 +43,77 @@ def test_classify(
 ) -> None:
     got = classify(exit_code, sig, timed_out=timed_out, cpu_exceeded=cpu, memory_error=memory)
     assert got == status
+
+
+def test_classify_starved_wins_over_how_the_kill_looks() -> None:
+    kwargs = {"timed_out": False, "cpu_exceeded": False, "memory_error": False}
+    assert classify(None, signal.SIGKILL, starved=True, **kwargs) == "starved"
+    assert classify(None, signal.SIGKILL, starved=False, **kwargs) == "crashed"
+
+
+# (elapsed, cpu, run-queue wait, limit 10 s, wall cap 30 s) -> decision at a deadline
+@pytest.mark.parametrize(
+    ("elapsed", "cpu", "wait", "decision"),
+    [
+        (10.0, 9.9, 0.1, "timeout"),  # a CPU loop on an idle core
+        (10.0, 0.01, 0.0, "timeout"),  # asleep (or blocked) of its own accord: not the machine
+        (10.0, 3.0, 0.05, "timeout"),  # some CPU, then waits on a lock
+        (10.0, 5.0, 5.0, None),  # half a core: its own time is 5 s, so it runs on
+        (20.0, 10.0, 10.0, "timeout"),  # ... and has had its 10 s at 20 s of wall clock
+        (30.0, 7.5, 22.5, "starved"),  # a quarter of a core: the wall clock ran out first
+        (10.0, 10.0, 30.0, "timeout"),  # many threads waiting for each other: its own CPU
+        (10.0, 0.5, None, None),  # no run-delay accounting: time off a CPU counts as waiting
+        (30.0, 0.5, None, "starved"),  # ... so a sleeper is starved, as method.md reads
+        (12.0, 10.0, None, "timeout"),
+    ],
+)
+def test_judge_time(elapsed: float, cpu: float, wait: float | None, decision: str | None) -> None:
+    assert judge_time(elapsed, cpu, wait, 10.0, 30.0) == decision
+
+
+def test_program_time_counts_the_processes_below_a_root() -> None:
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: pass"])
+    try:
+        time.sleep(0.3)
+        cpu, wait = program_time(os.getpid())
+        assert cpu > 0 and wait is not None and wait >= 0
+        # Nothing runs below the child: no time.
+        assert program_time(child.pid) == (0.0, 0.0)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_protocol_messages_round_trip_and_refuse_strangers() -> None:
+    import json
+
+    job = protocol.Job(
+        source="print(1)",
+        timeout_s=2.0,
+        max_wall_s=6.0,
+        memory_mb=512,
+        cpu_s=3,
+        nproc=64,
+        nofile=64,
+        fsize_mb=16,
+        max_output=100,
+        stdin="x",
+    )
+    assert protocol.Job.from_wire(json.loads(job.to_wire())) == job
+    reply = protocol.Reply(status="timeout", signal=9, cpu_s=1.5, run_wait_s=0.25)
+    assert protocol.Reply.from_wire(json.loads(reply.to_wire())) == reply
+    init = protocol.Init(scratch_root="/sandbox", uid=7, cleanup="pidns", env={"A": "b"})
+    assert protocol.Init.from_wire(json.loads(init.to_wire())) == init
+    with pytest.raises(protocol.ProtocolError, match="unknown fields"):
+        protocol.Reply.from_wire({"status": "passed", "exit_cod": 0})
+    with pytest.raises(protocol.ProtocolError):
+        protocol.Job.from_wire({"source": "print(1)"})  # limits missing
+    with pytest.raises(protocol.ProtocolError):
+        protocol.Init(scratch_root="/sandbox", cleanup="everything")
 
 
 def test_capture_keeps_a_prefix_and_counts_the_rest() -> None:
@@ -66,6 +144,8 @@ def test_capture_decodes_with_replacement() -> None:
         {"max_attempts": 0},
         {"cpu_time_s": -1},
         {"uid_base": 0},
+        {"max_wall_factor": 0.5},
+        {"machine_slots": 0},
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict) -> None:
@@ -82,9 +162,12 @@ def test_config_defaults_follow_the_method() -> None:
 
 
 def test_result_round_trip() -> None:
-    result = ExecutionResult("failed", 1, None, 0.5, "out", "err", "bwrap")
+    result = ExecutionResult("failed", 1, None, 0.5, "out", "err", "bwrap", cpu_s=0.4)
     assert ExecutionResult.from_dict({**result.to_dict(), "extra": 1}) == result
     assert not result.passed and ExecutionResult("passed").passed
+    assert result.is_verdict and ExecutionResult("timeout").is_verdict
+    assert not ExecutionResult("starved").is_verdict
+    assert not ExecutionResult("sandbox_error").is_verdict
     error = ExecutionResult.sandbox_error("broke", backend="rlimits")
     assert (error.status, error.stderr, error.backend) == ("sandbox_error", "broke", "rlimits")
 
@@ -106,6 +189,8 @@ def test_bwrap_command_isolates() -> None:
     # The uid drop needs these capabilities in the supervisor; programs never hold them.
     assert args[args.index("--cap-drop") + 1] == "ALL"
     assert args[-4:] == ["/usr/bin/python3", "-I", "-S", "/opt/sandbox/supervisor.py"]
+    # The supervisor loads its protocol from beside itself.
+    assert args[args.index("/opt/sandbox/protocol.py") - 2] == "--ro-bind"
     unprivileged = bwrap_args(interpreter, privileged=False, scratch_mb=64)
     assert "--unshare-user" in unprivileged and "--cap-add" not in unprivileged
 

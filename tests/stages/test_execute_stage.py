@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -12,7 +16,10 @@ from beam_pipeline.records import Sample
 from beam_pipeline.stages.execute import ExecuteSamples
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
 
-SANDBOX = SandboxConfig(timeout_s=2.0, memory_mb=512, preload=(), max_output_bytes=2048)
+# A generous wall-clock cap: the loop's 2 s are its own time, however busy the machine is.
+SANDBOX = SandboxConfig(
+    timeout_s=2.0, memory_mb=512, preload=(), max_output_bytes=2048, max_wall_factor=20.0
+)
 # Cannot answer "ready" in a millisecond: every run is a sandbox error (a real failure path).
 BROKEN = SANDBOX.replace(start_timeout_s=0.001, max_attempts=1)
 
@@ -123,6 +130,33 @@ def test_cache_answers_a_rerun_without_running(tmp_path) -> None:
     assert len(entries) == len(CASES) - 1  # "duplicate" has the same program as "passes"
     # The same programs again, with a sandbox that cannot run anything: all from the cache.
     _run(BROKEN, cache_dir=cache)
+
+
+def test_starved_programs_become_dead_letters_and_are_not_cached(tmp_path) -> None:
+    """A program the machine keeps off the CPU is an infrastructure outcome, not a timeout."""
+    cpu = min(os.sched_getaffinity(0))
+    pin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n"
+    starved = _sample("starved", f"```python\n{pin}while True:\n    pass\n```", "")
+    # Three loops on the same core, each in its own session (a scheduler group of its own).
+    hog = [sys.executable, "-c", pin + "while True:\n    pass\n"]
+    hogs = [subprocess.Popen(hog, start_new_session=True) for _ in range(3)]
+    config = SANDBOX.replace(timeout_s=0.5, max_wall_factor=2.0, max_attempts=1)
+    cache = tmp_path / "cache"
+    try:
+        with TestPipeline(runner="FnApiRunner") as p:
+            execute = ExecuteSamples(config, workers=1, cache_dir=str(cache))
+            out = p | beam.Create([starved]) | execute
+            assert_that(out.main, equal_to([]), label="NoVerdict")
+            assert_that(
+                out.errors | "Letters" >> beam.Map(lambda d: (d.id, d.error.split(":")[0])),
+                equal_to([("starved.0", "starved")]),
+                label="DeadLetter",
+            )
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert not list(cache.rglob("*.json"))
 
 
 def test_batch_size_is_validated() -> None:
