@@ -23,8 +23,6 @@ from sft.template import DEFAULT_SYSTEM, SECTION_STOP, build_prompt
 
 RESPONSE_PREFIX = "```python\n"
 STOP_SEQUENCES: tuple[str, ...] = ("```", SECTION_STOP)
-_INFRA_STATUS = "sandbox_error"
-
 
 def generation_prompt(problem: Problem, system: str | None = None, bos: str = "") -> str:
     """The prompt text; `bos` is the BOS text for a tokenizer whose encoder does not add it."""
@@ -92,7 +90,9 @@ def run_programs(programs: Sequence[str], pool: Any, retries: int = 2) -> list[A
     """Runs programs in a `sandbox_image.SandboxPool`, retrying infrastructure errors."""
     results = list(pool.run_many(list(programs)))
     for _ in range(retries):
-        again = [i for i, r in enumerate(results) if r.status == _INFRA_STATUS]
+        # Infrastructure outcomes (the sandbox failed, the machine starved the program) say
+        # nothing about the code: run them again.
+        again = [i for i, r in enumerate(results) if not r.is_verdict]
         if not again:
             break
         for index, result in zip(again, pool.run_many([programs[i] for i in again]), strict=True):
