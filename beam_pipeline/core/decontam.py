@@ -177,6 +177,14 @@ def _require(row: dict[str, Any], field: str, benchmark: str, index: int) -> Any
     return row[field]
 
 
+# HumanEval solutions generic enough to occur in any code, kept out of the patterns as the
+# reference does (its list also means `return ''.join(strings)`, which mismatched quotes turn
+# into another string there; we keep the one it meant).
+GENERIC_HUMANEVAL_SOLUTIONS = frozenset(
+    ("return x + y", "return len(string)", "return n**2", "return ''.join(strings)")
+)
+
+
 def humaneval_items(rows: Iterable[dict[str, Any]]) -> list[BenchmarkItem]:
     items = []
     for index, row in enumerate(rows):
@@ -187,6 +195,8 @@ def humaneval_items(rows: Iterable[dict[str, Any]]) -> list[BenchmarkItem]:
             "docstring": _entry_docstring(prompt, str(row.get("entry_point", ""))),
             "canonical_solution": str(row.get("canonical_solution") or ""),
         }
+        if parts["canonical_solution"].strip() in GENERIC_HUMANEVAL_SOLUTIONS:
+            del parts["canonical_solution"]
         items.extend(BenchmarkItem("humaneval", task_id, part, t) for part, t in parts.items())
     return items
 
