@@ -14,8 +14,9 @@ Both sides do the same work on the same shard, in the same run, alternating:
 - Beam: `--to_stage seeds` on FnApiRunner with N worker processes (multi_processing): read,
   extract, filter, exact dedup, write seeds and rejections (near-dedup and decontamination
   off: the pool has no equivalent).
-Prints files per wall second, peak RSS of the largest worker process (sampled every 0.2 s),
-medians of --runs, and the ratio Beam / pool.
+Prints files per wall second and per CPU second (all processes of the side: on a shared
+machine CPU time is steadier than wall time), peak RSS of the largest worker process (sampled
+every 0.2 s), medians of --runs, and the ratios Beam / pool.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ CHUNK = 64
 
 
 class PeakRss:
-    """Samples the RSS of this process's descendants; the peak of the largest one."""
+    """Samples this process's descendants: the peak RSS of the largest one, and the CPU
+    seconds of all of them plus this process (steadier than wall time on a shared machine)."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
         self.interval_s = interval_s
         self.peak: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -53,17 +56,21 @@ class PeakRss:
             for child in me.children(recursive=True):
                 try:
                     rss = child.memory_info().rss
+                    times = child.cpu_times()
                 except psutil.Error:
                     continue
                 self.peak[child.pid] = max(self.peak.get(child.pid, 0), rss)
+                self.cpu[child.pid] = times.user + times.system
 
     def __enter__(self) -> PeakRss:
+        self._own = time.process_time()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu_s = time.process_time() - self._own + sum(self.cpu.values())
 
     def largest_mb(self) -> float:
         return max(self.peak.values(), default=0) / 2**20
@@ -94,7 +101,7 @@ def _chunks(shard: str) -> Iterator[list[tuple[str, bool, int]]]:
         yield chunk
 
 
-def pool_side(shard: str, workers: int) -> tuple[float, float, int, int]:
+def pool_side(shard: str, workers: int) -> tuple[float, float, int, int, float]:
     with PeakRss() as rss, multiprocessing.get_context("spawn").Pool(workers) as pool:
         pool.map(abs, range(workers))  # workers started before the clock
         start = time.perf_counter()
@@ -102,10 +109,11 @@ def pool_side(shard: str, workers: int) -> tuple[float, float, int, int]:
         for n, k in pool.imap_unordered(_work, _chunks(shard)):
             files, kept = files + n, kept + k
         wall = time.perf_counter() - start
-    return files / wall, rss.largest_mb(), files, kept
+        time.sleep(2 * rss.interval_s)  # a last sample of the workers' CPU times
+    return files / wall, rss.largest_mb(), files, kept, files / rss.cpu_s
 
 
-def beam_side(shard: str, workers: int, extra: list[str]) -> tuple[float, float, int, int]:
+def beam_side(shard: str, workers: int, extra: list[str]) -> tuple[float, float, int, int, float]:
     from beam_pipeline.main import run
 
     with tempfile.TemporaryDirectory() as out, PeakRss() as rss:
@@ -126,7 +134,7 @@ def beam_side(shard: str, workers: int, extra: list[str]) -> tuple[float, float,
         wall = time.perf_counter() - start
     stages = report["stages"]
     files = stages["read"]["out"]
-    return files / wall, rss.largest_mb(), files, stages["seeds.filter"]["out"]
+    return files / wall, rss.largest_mb(), files, stages["seeds.filter"]["out"], files / rss.cpu_s
 
 
 def main() -> None:
@@ -140,7 +148,7 @@ def main() -> None:
     for shard in args.input or [bundled_shard()]:
         meta = stack_io.read_footer(shard)
         print(f"\n{shard}: {meta.num_rows} files in {meta.num_row_groups} row groups")
-        results: dict[str, list[tuple[float, float, int, int]]] = {"pool": [], "beam": []}
+        results: dict[str, list[tuple[float, float, int, int, float]]] = {"pool": [], "beam": []}
         for i in range(args.runs):
             for side in ("pool", "beam"):
                 if side == "pool":
@@ -149,16 +157,20 @@ def main() -> None:
                     r = beam_side(shard, args.workers, args.pipeline_args)
                 results[side].append(r)
                 print(
-                    f"  run {i + 1} {side}: {r[0]:6.1f} files/s  peak worker RSS {r[1]:6.0f} MB"
+                    f"  run {i + 1} {side}: {r[0]:6.1f} files/s {r[4]:6.1f} files/CPU-s"
+                    f"  peak worker RSS {r[1]:6.0f} MB"
                     f"  files {r[2]}  seeds passing filters {r[3]}",
                     flush=True,
                 )
         med = {side: statistics.median(r[0] for r in rs) for side, rs in results.items()}
+        cpu = {side: statistics.median(r[4] for r in rs) for side, rs in results.items()}
         rss = {side: max(r[1] for r in rs) for side, rs in results.items()}
         print(
-            f"  median of {args.runs}: pool {med['pool']:.1f} files/s (peak {rss['pool']:.0f} MB)"
-            f"  Beam {med['beam']:.1f} files/s (peak {rss['beam']:.0f} MB)"
-            f"  ratio Beam / pool {med['beam'] / med['pool']:.2f}"
+            f"  median of {args.runs}: pool {med['pool']:.1f} files/s {cpu['pool']:.1f} files/CPU-s"
+            f" (peak {rss['pool']:.0f} MB)  Beam {med['beam']:.1f} files/s"
+            f" {cpu['beam']:.1f} files/CPU-s (peak {rss['beam']:.0f} MB)"
+            f"  ratio Beam / pool {med['beam'] / med['pool']:.2f} (wall)"
+            f" {cpu['beam'] / cpu['pool']:.2f} (CPU)"
         )
 
 
