@@ -117,3 +117,8 @@ def test_final_records_carry_stats_agreement_and_preference_pairs(tmp_path: path
     assert stages["preference.pair"]["rejected_by_reason"] == {"no_failing_sample": 1}
     assert stages["preference.decontaminate"]["rejected_by_reason"] == {"contaminated": 1}
     assert stages["preference"]["out"] == 2
+
+
+def test_agreement_selection_needs_the_cross_check(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(SystemExit, match="--select_by agreement needs --cross_check"):
+        run([f"--output_dir={tmp_path}", "--from_stage=final", "--select_by=agreement", *FNAPI])

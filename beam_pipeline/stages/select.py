@@ -16,6 +16,13 @@ Steps and their report keys (all rejections go to `rejected/final/`):
   rejected `code_unparsable` (after the loop, as in the reference: its keys stay seen).
 Survivors become FinalPair records with their provenance.
 
+With `--cross_check`, `JoinAgreements` (a CoGroupByKey by instruction id) brings each sample
+its agreement (stages/cross_check.py), which the pair carries. With `--select_by agreement`
+the loop's order changes only inside each instruction: the instruction keeps the places its
+samples hold in the seeded shuffle, and its samples are dealt into them by agreement, highest
+first (`core.agreement_ranks`); the interleaving of instructions, the keys and the loop are the
+reference's.
+
 `ShowTestsInInstruction` (optional, `--tests_in_instruction FRACTION`) appends up to three of a
 pair's own top-level test asserts to its instruction for a hash-chosen fraction of the pairs;
 `final.tests_in_instruction/by/outcome/<outcome>` counts shown, not chosen and no top-level assert.

@@ -151,3 +151,23 @@ def test_agreement_on_planted_samples_and_agreement_selection() -> None:
             ),
             label="OthersRejected",
         )
+
+
+def test_sandbox_errors_are_dead_letters_and_leave_no_agreement() -> None:
+    broken = SANDBOX.replace(start_timeout_s=0.001, max_attempts=1)
+    prefix = _prefix_in_order([0, 1, 2, 3])
+    with TestPipeline(runner="FnApiRunner") as p:
+        cross = p | beam.Create(_planted(prefix)) | CrossCheck(broken, workers=1)
+        assert_that(cross.main, equal_to([]), label="NoAgreement")
+        assert_that(
+            cross.errors | beam.Map(lambda d: (d.id, d.error.split(":")[0])),
+            equal_to(
+                [
+                    (f"{Sample.make_id(prefix, a)}@{Sample.make_id(prefix, b)}", "sandbox_error")
+                    for a in EXPECTED_AGREEMENT
+                    for b in range(4)
+                    if a != b
+                ]
+            ),
+            label="OneLetterPerProgram",
+        )
