@@ -245,7 +245,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
 
 
 def preference_texts(record: object) -> str:
-    """The final dataset's test, with the rejected response as a response too."""
+    """What the final dataset is searched in (method.md §4), plus the rejected response."""
     return f"{record.instruction}\n{record.chosen}\n{record.rejected}"  # type: ignore[attr-defined]
 
 
