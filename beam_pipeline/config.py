@@ -59,8 +59,14 @@ class FinalConfig:
     dedup_threshold: float = 0.7
     num_perm: int = 250
     tests_in_instruction: float = 0.0  # fraction of final instructions that show their tests
+    cross_check: bool = False  # run each candidate against its siblings' tests
+    select_by: str = "shuffle"  # "agreement": the loop tries best-agreeing samples first
 
     def __post_init__(self) -> None:
+        if self.select_by not in ("shuffle", "agreement"):
+            raise ConfigError(f"--select_by must be shuffle or agreement, got {self.select_by!r}")
+        if self.select_by == "agreement" and not self.cross_check:
+            raise ConfigError("--select_by agreement needs --cross_check (it ranks by agreement)")
         if not 0.0 <= self.dedup_threshold < 1.0:
             raise ConfigError("--final_dedup_threshold must be in [0, 1)")
         if not 0.0 <= self.tests_in_instruction <= 1.0:

@@ -31,16 +31,20 @@ from beam_pipeline.stages.common import (
     merge_outputs,
 )
 from beam_pipeline.stages.concepts import ExtractConcepts
+from beam_pipeline.stages.cross_check import CrossCheck
 from beam_pipeline.stages.decontaminate import Decontaminate, load_benchmark_items
 from beam_pipeline.stages.dedup import NearDedup
 from beam_pipeline.stages.execute import DEFAULT_SANDBOX, ExecuteSamples
 from beam_pipeline.stages.instructions import GenerateInstructions
 from beam_pipeline.stages.judge import JudgeSeeds
+from beam_pipeline.stages.preference import PairPreferences
 from beam_pipeline.stages.read import ReadSources
 from beam_pipeline.stages.responses import GenerateResponses
 from beam_pipeline.stages.seeds import ExtractSeeds, SampleSeeds
 from beam_pipeline.stages.select import SelectSamples, ShowTestsInInstruction
+from beam_pipeline.stages.stats import AttachExecutionStats
 from beam_pipeline.stages.user_instructions import ReadInstructions
+from sandbox_image import SandboxConfig
 
 log = logging.getLogger("beam_pipeline")
 
@@ -155,14 +159,11 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
 
     if config.runs("execution"):
         inputs = current if current is not None else restart("execution")
-        sandbox = dataclasses.replace(
-            DEFAULT_SANDBOX,
-            timeout_s=config.execution.timeout_s,
-            memory_mb=config.execution.memory_mb,
-            backend=config.execution.backend,
-        )
         executed = inputs | "ExecuteSamples" >> ExecuteSamples(
-            sandbox, config.execution.workers, config.execution.cache_dir, accounting=acct
+            sandbox_config(config),
+            config.execution.workers,
+            config.execution.cache_dir,
+            accounting=acct,
         )
         acct.count_by(
             executed.main, "execution", lambda e: f"{e.category}/{e.difficulty}/{e.status}"
@@ -172,7 +173,19 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
 
     if config.runs("final"):
         inputs = current if current is not None else restart("final")
-        steps = [inputs | "SelectSamples" >> SelectSamples(acct)]
+        cross = None
+        if config.final.cross_check:
+            cross = inputs | "CrossCheck" >> CrossCheck(
+                sandbox_config(config),
+                config.execution.workers,
+                config.execution.cache_dir,
+                accounting=acct,
+            )
+        steps = [
+            inputs
+            | "SelectSamples"
+            >> SelectSamples(acct, cross.main if cross else None, select_by=config.final.select_by)
+        ]
         if config.final.dedup_threshold > 0:
             steps.append(
                 steps[-1].main
@@ -206,7 +219,44 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
                     accounting=acct,
                 )
             )
-        write("final", merge_outputs("AllFinalSteps", *steps), count_out=True)
+        # Every final pair with its instruction's execution statistics (and failing samples,
+        # which the preference pairs take their rejected side from).
+        with_stats = steps[-1].main | "ExecutionStats" >> AttachExecutionStats(
+            inputs, acct, cross_checked=cross is not None
+        )
+        final = with_stats.main | "FinalPairs" >> beam.Map(lambda pair_stats: pair_stats[0])
+        steps.append(StageOutputs(final, with_stats.rejected, with_stats.errors))
+        side = [cross] if cross is not None else []
+        write("final", merge_outputs("AllFinalSteps", *side, *steps), count_out=True)
+
+        preference = [with_stats.main | "PairPreferences" >> PairPreferences(acct)]
+        if items:
+            preference.append(
+                preference[-1].main
+                | "DecontaminatePreference"
+                >> Decontaminate(
+                    "preference.decontaminate",
+                    preference_texts,
+                    decontam,
+                    items=items,
+                    accounting=acct,
+                )
+            )
+        write("preference", merge_outputs("AllPreferenceSteps", *preference), count_out=True)
+
+
+def preference_texts(record: object) -> str:
+    """What the final dataset is searched in (method.md §4), plus the rejected response."""
+    return f"{record.instruction}\n{record.chosen}\n{record.rejected}"  # type: ignore[attr-defined]
+
+
+def sandbox_config(config: RunConfig) -> SandboxConfig:
+    return dataclasses.replace(
+        DEFAULT_SANDBOX,
+        timeout_s=config.execution.timeout_s,
+        memory_mb=config.execution.memory_mb,
+        backend=config.execution.backend,
+    )
 
 
 def code_representation_of(record: object) -> str:
@@ -235,6 +285,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     if not options.view_as(TestOptions).dry_run:
         # Before the job: a stage's directory then only ever holds this run's shards.
         written = [s for s in STAGES if config.runs(s)]
+        written += ["preference"] if config.runs("final") else []
         clear_outputs(
             config.output_dir, written + (["instructions"] if config.instructions else [])
         )

@@ -236,6 +236,21 @@ class SelfCodeAlignOptions(PipelineOptions):
             "to three of their own test asserts; 0 (default) leaves every instruction as is.",
         )
         sel.add_argument(
+            "--cross_check",
+            action="store_true",
+            default=False,
+            help="Also run every passing response against the tests of its instruction's other "
+            "samples (n x n programs per instruction, same sandbox and cache); each final pair "
+            "gets `agreement`, the share of sibling test suites it passes.",
+        )
+        sel.add_argument(
+            "--select_by",
+            choices=("shuffle", "agreement"),
+            default="shuffle",
+            help="Order of the selection pass: shuffle (the reference's seeded order) or "
+            "agreement (within each instruction, higher agreement first; needs --cross_check).",
+        )
+        sel.add_argument(
             "--decontam_benchmarks",
             default="auto",
             help="Comma-separated of humaneval, mbpp, ds1000, gsm8k (a benchmark without "
@@ -324,6 +339,8 @@ class SelfCodeAlignOptions(PipelineOptions):
                 dedup_threshold=opts.final_dedup_threshold,
                 num_perm=opts.num_perm,
                 tests_in_instruction=opts.tests_in_instruction,
+                cross_check=opts.cross_check,
+                select_by=opts.select_by,
             ),
             decontam=DecontamConfig.from_option(
                 opts.decontam_benchmarks,

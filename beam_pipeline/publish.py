@@ -44,6 +44,13 @@ FIELD_DOCS = {
     "repo_name": "the seed's repository",
     "path": "the seed's file in that repository",
     "tests_in_instruction": "the instruction ends with some of the tests",
+    "instruction_id": "the instruction the response answers",
+    "num_samples": "the instruction's samples that ran in the sandbox",
+    "num_passed": "of those, the ones that passed their own tests",
+    "pass_rate": "num_passed / num_samples",
+    "estimated_difficulty": "easy (pass rate >= 2/3), medium (>= 1/3) or hard",
+    "agreement": "share of the sibling samples' test suites the response passes (--cross_check)",
+    "agreement_suites": "how many sibling test suites the agreement is over",
 }
 
 

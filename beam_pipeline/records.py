@@ -10,8 +10,9 @@ bytes): each stage stores the ids of the few-shot examples it showed, and the
 prompt from the record's fields (`core.prompting.rebuild_prompt`). The field-by-field schema
 is in docs/schema.md.
 
-Chain: SourceFile -> Seed -> Concepts -> Instruction -> Sample -> Execution -> FinalPair.
-Side records: Rejection (expected outcome, counted reason) and DeadLetter (unexpected error).
+Chain: SourceFile -> Seed -> Concepts -> Instruction -> Sample -> Execution -> FinalPair
+(-> PreferencePair). Side records: Rejection (expected outcome, counted reason), DeadLetter
+(unexpected error), CrossCheckProgram (a `--cross_check` run).
 """
 
 from __future__ import annotations
@@ -250,9 +251,60 @@ class FinalPair(Record):
     repo_name: str = ""
     path: str = ""
     tests_in_instruction: bool = False  # the instruction ends with some of the tests
+    instruction_id: str = ""
+    # What the instruction's executed samples say (stages/stats.py): how many ran, how many
+    # passed, the pass rate and the difficulty it suggests beside the sampled `difficulty`.
+    num_samples: int = 0
+    num_passed: int = 0
+    pass_rate: float | None = None
+    estimated_difficulty: str = ""
+    # --cross_check: the share of the sibling samples' test suites this response passes, and
+    # how many suites that share is over (None and 0 when not cross-checked or no siblings).
+    agreement: float | None = None
+    agreement_suites: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "concepts", as_concepts(self.concepts))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CrossCheckProgram(Record):
+    """One cross-check run: a passing sample's response against a sibling sample's tests.
+    `id` is `<sample id>@<suite sample id>`."""
+
+    KIND: ClassVar[str] = "cross_check_program"
+
+    sample_id: str
+    instruction_id: str
+    suite_id: str
+    source: str
+
+    @staticmethod
+    def make_id(sample_id: str, suite_id: str) -> str:
+        return f"{sample_id}@{suite_id}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreferencePair(Record):
+    """One row of `preference/`: a selected response and a failing sample of the same
+    instruction. `prompt`, `chosen`, `rejected` are the columns TRL's DPO trainer reads;
+    `prompt` is the instruction in the training template (sft/template.py). `id` is the
+    chosen sample's id."""
+
+    KIND: ClassVar[str] = "preference"
+
+    instruction_id: str
+    instruction: str
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_id: str
+    rejected_id: str
+    rejected_status: str  # the failing sample's execution status
+    rejected_reason: str  # core.sample_quality.FailureReason
+    rejected_detail: str = ""  # e.g. the exception name or the format problem
+    num_samples: int = 0
+    num_passed: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -303,6 +355,8 @@ RECORD_TYPES: dict[str, type[Record]] = {
         Sample,
         Execution,
         FinalPair,
+        CrossCheckProgram,
+        PreferencePair,
         Rejection,
         DeadLetter,
     )

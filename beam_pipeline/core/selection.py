@@ -89,6 +89,21 @@ def instruction_too_long(instruction: str) -> bool:
     return len(instruction.split()) > MAX_INSTRUCTION_WORDS
 
 
+def candidate_problem(
+    status: str, instruction: str, response: str, tests: str
+) -> tuple[SelectReason, str] | None:
+    """Why an executed sample cannot enter the selection loop, with a detail; None for a
+    candidate (passed, well-formed, instruction of at most 200 words)."""
+    if status != "passed":
+        return SelectReason.NOT_PASSED, status
+    problem = format_problem(response, tests)
+    if problem is not None:
+        return problem
+    if instruction_too_long(instruction):
+        return SelectReason.LONG_INSTRUCTION, str(len(instruction.split()))
+    return None
+
+
 def shuffle_rank(sample_id: str, seed: int = SHUFFLE_SEED) -> str:
     """Position in the seeded shuffle: a hash, so any worker computes it alone."""
     return hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()
@@ -162,22 +177,51 @@ def rank_bytes(sample_id: str, seed: int = SHUFFLE_SEED) -> bytes:
 
 
 def selection_key(
-    sample_id: str, instruction: str, response: str, seed: int = SHUFFLE_SEED
+    sample_id: str,
+    instruction: str,
+    response: str,
+    seed: int = SHUFFLE_SEED,
+    rank: bytes | None = None,
 ) -> bytes | str:
     """The sample's compact key, or why it cannot take part (its first block does not parse:
-    the reference skips such a sample without recording any of its keys)."""
+    the reference skips such a sample without recording any of its keys). `rank` replaces the
+    seeded rank (`agreement_ranks`)."""
     names = first_block_names(response)
     if isinstance(names, str):
         return names
+    if rank is not None and len(rank) != DIGEST_BYTES:
+        raise ValueError(f"a rank is {DIGEST_BYTES} bytes, got {len(rank)}")
     return b"".join(
         (
-            rank_bytes(sample_id, seed),
+            rank if rank is not None else rank_bytes(sample_id, seed),
             text_digest(instruction),
             text_digest(response),
             names_digest(names.functions),
             names_digest(names.classes),
         )
     )
+
+
+SELECT_BY = ("shuffle", "agreement")
+
+
+def agreement_ranks(
+    members: Iterable[tuple[str, float | None]], seed: int = SHUFFLE_SEED
+) -> dict[str, bytes]:
+    """`--select_by agreement` for ONE instruction's candidates (sample id, agreement): each
+    sample's rank in the loop.
+
+    The instruction keeps the places its samples hold in the seeded shuffle, and the samples
+    are dealt into those places by agreement, highest first (ties, and samples without an
+    agreement after all others, in the seeded order). Within the instruction the
+    best-agreeing sample is tried first; across instructions the interleaving is the seeded
+    one, so the loop is the reference's loop over a permutation of its own order, and with
+    equal agreements it is exactly the reference's order.
+    """
+    ranked = [(sample_id, value, rank_bytes(sample_id, seed)) for sample_id, value in members]
+    places = sorted(rank for _, _, rank in ranked)
+    ranked.sort(key=lambda m: (m[1] is None, -(m[1] or 0.0), m[2]))
+    return {sample_id: place for (sample_id, _, _), place in zip(ranked, places, strict=True)}
 
 
 class Verdict(StrEnum):

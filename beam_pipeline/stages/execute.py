@@ -133,6 +133,10 @@ def sandbox_fingerprint(config: SandboxConfig, pool: SandboxPool) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# One handle for every stage that runs programs (execution, cross-check): one pool per process.
+SANDBOX_POOLS = shared.Shared()
+
+
 class _SharedPool:
     """Weak-referenceable holder so `shared.Shared` can keep one pool per worker process."""
 
@@ -150,7 +154,7 @@ class RunProgramsFn(StageFn):
         self.sandbox = sandbox
         self.workers = workers
         self.cache_dir = cache_dir
-        self._shared = shared.Shared()
+        self._shared = SANDBOX_POOLS
         self._holder: _SharedPool | None = None
         self._cache: ExecutionCache | None = None
         self._status = {s: Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_{s}") for s in STATUSES}

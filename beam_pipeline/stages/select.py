@@ -16,6 +16,13 @@ Steps and their report keys (all rejections go to `rejected/final/`):
   rejected `code_unparsable` (after the loop, as in the reference: its keys stay seen).
 Survivors become FinalPair records with their provenance.
 
+With `--cross_check`, `JoinAgreements` (a CoGroupByKey by instruction id) brings each sample
+its agreement (stages/cross_check.py), which the pair carries. With `--select_by agreement`
+the loop's order changes only inside each instruction: the instruction keeps the places its
+samples hold in the seeded shuffle, and its samples are dealt into them by agreement, highest
+first (`core.agreement_ranks`); the interleaving of instructions, the keys and the loop are the
+reference's.
+
 `ShowTestsInInstruction` (optional, `--tests_in_instruction FRACTION`) appends up to three of a
 pair's own top-level test asserts to its instruction for a hash-chosen fraction of the pairs;
 `final.tests_in_instruction/by/outcome/<outcome>` counts shown, not chosen and no top-level assert.
@@ -30,6 +37,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 
 from beam_pipeline.core import selection as core
+from beam_pipeline.core.cross_check import agreement
 from beam_pipeline.records import Execution, FinalPair, Rejection
 from beam_pipeline.stages.common import (
     Accounting,
@@ -44,29 +52,67 @@ STAGE = "final"
 
 class FormatCheckFn(StageFn):
     def handle(self, sample: Execution) -> Iterator[Execution | Rejection]:
-        if sample.status != "passed":
-            yield Rejection.of(STAGE, core.SelectReason.NOT_PASSED.value, sample, sample.status)
-            return
-        problem = core.format_problem(sample.response, sample.tests)
+        problem = core.candidate_problem(
+            sample.status, sample.instruction, sample.response, sample.tests
+        )
         if problem is not None:
             yield Rejection.of(STAGE, problem[0].value, sample, problem[1])
-        elif core.instruction_too_long(sample.instruction):
-            words = len(sample.instruction.split())
-            yield Rejection.of(STAGE, core.SelectReason.LONG_INSTRUCTION.value, sample, str(words))
         else:
             yield sample
 
 
-class KeySamplesFn(StageFn):
-    """Execution -> (compact key, sample); a first block that does not parse is rejected."""
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A sample that enters the loop, with its cross-check agreement and its rank (None: the
+    seeded rank)."""
 
-    def handle(self, sample: Execution) -> Iterator[tuple[bytes, Execution] | Rejection]:
-        key = core.selection_key(sample.id, sample.instruction, sample.response)
+    sample: Execution
+    agreement: float | None = None
+    agreement_suites: int = 0
+    rank: bytes | None = None
+
+    @property
+    def id(self) -> str:
+        return self.sample.id
+
+
+class AttachAgreementFn(StageFn):
+    """(instruction id, {samples, agreements}) -> one Candidate per sample; under
+    `--select_by agreement` each gets its rank from `core.agreement_ranks`."""
+
+    def __init__(self, stage: str, select_by: str) -> None:
+        super().__init__(stage)
+        self.select_by = select_by
+
+    def handle(self, joined: tuple[str, dict[str, Iterable]]) -> Iterator[Candidate]:
+        counts = {sid: (passed, suites) for sid, passed, suites in joined[1]["agreements"]}
+        samples = sorted(joined[1]["samples"], key=lambda s: s.id)
+        values = {s.id: agreement(*counts.get(s.id, (0, 0))) for s in samples}
+        ranks: dict[str, bytes] = {}
+        if self.select_by == "agreement":
+            ranks = core.agreement_ranks(values.items())
+        for sample in samples:
+            yield Candidate(
+                sample,
+                values[sample.id],
+                counts.get(sample.id, (0, 0))[1],
+                ranks.get(sample.id),
+            )
+
+
+class KeySamplesFn(StageFn):
+    """Candidate -> (compact key, candidate); a first block that does not parse is rejected."""
+
+    def handle(self, candidate: Candidate) -> Iterator[tuple[bytes, Candidate] | Rejection]:
+        sample = candidate.sample
+        key = core.selection_key(
+            sample.id, sample.instruction, sample.response, rank=candidate.rank
+        )
         if isinstance(key, str):
             reason = core.SelectReason.FIRST_BLOCK_UNPARSABLE.value
             yield Rejection.of(STAGE, reason, sample, key)
         else:
-            yield key, sample
+            yield key, candidate
 
 
 class SelectLoopFn(beam.DoFn):
@@ -90,21 +136,24 @@ class ApplyVerdictsFn(StageFn):
     only when they are the same for the loop (same id and texts), so any pairing is exact."""
 
     def handle(self, joined: tuple[bytes, dict[str, Iterable]]) -> Iterator[FinalPair | Rejection]:
-        samples = sorted(joined[1]["samples"], key=lambda s: s.id)
+        candidates = sorted(joined[1]["samples"], key=lambda c: c.id)
         verdicts = sorted(joined[1]["verdicts"], key=_verdict_order)
-        if len(samples) != len(verdicts):
-            raise ValueError(f"{len(samples)} samples but {len(verdicts)} verdicts for a key")
-        for sample, verdict in zip(samples, verdicts, strict=True):
+        if len(candidates) != len(verdicts):
+            raise ValueError(f"{len(candidates)} samples but {len(verdicts)} verdicts for a key")
+        for candidate, verdict in zip(candidates, verdicts, strict=True):
+            sample = candidate.sample
             if verdict != core.Verdict.KEPT:
                 reason = core.REASON_OF_VERDICT[core.Verdict(verdict)].value
                 yield Rejection.of(STAGE, reason, sample, verdict)
             elif (error := core.code_syntax_error(sample.response)) is not None:
                 yield Rejection.of(STAGE, core.SelectReason.CODE_UNPARSABLE.value, sample, error)
             else:
-                yield to_final(sample)
+                yield to_final(sample, candidate.agreement, candidate.agreement_suites)
 
 
-def to_final(sample: Execution) -> FinalPair:
+def to_final(
+    sample: Execution, agreement: float | None = None, agreement_suites: int = 0
+) -> FinalPair:
     fingerprints = {"model": sample.model, "sampling": sample.sampling}
     return FinalPair(
         id=sample.id,
@@ -123,6 +172,9 @@ def to_final(sample: Execution) -> FinalPair:
         licenses=sample.licenses,
         repo_name=sample.repo_name,
         path=sample.path,
+        instruction_id=sample.instruction_id,
+        agreement=agreement,
+        agreement_suites=agreement_suites,
     )
 
 
@@ -131,13 +183,41 @@ KEYS_PER_BATCH = 4096
 
 
 class SelectSamples(beam.PTransform):
-    def __init__(self, accounting: Accounting | None = None) -> None:
+    """Execution -> FinalPair. `agreements`: the cross-check's (instruction id, (sample id,
+    suites passed, suites)) pairs, whose agreement each pair carries; `select_by="agreement"`
+    then deals each instruction's samples into its places in the order by agreement."""
+
+    def __init__(
+        self,
+        accounting: Accounting | None = None,
+        agreements: beam.PCollection | None = None,
+        select_by: str = "shuffle",
+    ) -> None:
         super().__init__()
+        if select_by not in core.SELECT_BY:
+            raise ValueError(f"select_by must be one of {core.SELECT_BY}, got {select_by!r}")
+        if select_by == "agreement" and agreements is None:
+            raise ValueError("select_by='agreement' needs the cross-check's agreements")
         self.accounting = accounting
+        self.agreements = agreements
+        self.select_by = select_by
 
     def expand(self, executions: beam.PCollection) -> StageOutputs:
         checked = apply_stage_fn(executions, "FormatCheck", FormatCheckFn(STAGE))
-        keyed = apply_stage_fn(checked.main, "KeySamples", KeySamplesFn(STAGE))
+        steps = []
+        if self.agreements is None:
+            candidates = checked.main | "AsCandidates" >> beam.Map(Candidate)
+        else:
+            joined = {
+                "samples": checked.main
+                | "ByInstruction" >> beam.Map(lambda s: (s.instruction_id, s)),
+                "agreements": self.agreements,
+            } | "JoinAgreements" >> beam.CoGroupByKey()
+            attach = AttachAgreementFn(STAGE, self.select_by)
+            steps.append(apply_stage_fn(joined, "AttachAgreement", attach))
+            candidates = steps[-1].main
+        keyed = apply_stage_fn(candidates, "KeySamples", KeySamplesFn(STAGE))
+        steps.append(keyed)
         verdicts = (
             keyed.main
             | "Keys" >> beam.Map(lambda pair: pair[0])
@@ -150,12 +230,15 @@ class SelectSamples(beam.PTransform):
             beam.CoGroupByKey()
         )
         applied = apply_stage_fn(joined, "ApplyVerdicts", ApplyVerdictsFn(STAGE))
+        steps.append(applied)
         if self.accounting is not None:
             self.accounting.count_stage("final.format", executions, checked)
             self.accounting.count_stage(
-                "final.select", checked.main, merge_outputs("SelectLoop", keyed, applied)
+                "final.select",
+                checked.main,
+                merge_outputs("SelectLoop", *steps),
             )
-        merged = merge_outputs("Select", checked, keyed, applied)
+        merged = merge_outputs("Select", checked, *steps)
         return StageOutputs(applied.main, merged.rejected, merged.errors)
 
 

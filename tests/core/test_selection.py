@@ -301,3 +301,59 @@ def test_instruction_with_tests_format() -> None:
     )
     two = selection.instruction_with_tests("Write add.", ["assert a", "assert b"])
     assert "following tests:\n```python\nassert a\nassert b\n```" in two
+
+
+# --- --select_by agreement --------------------------------------------------------------------
+
+
+def test_agreement_ranks_deal_an_instruction_its_own_places_by_agreement() -> None:
+    rng = random.Random(3)
+    members = [(f"q.{k}", rng.choice([None, 0.0, 0.5, 0.5, 1.0])) for k in range(9)]
+    ranks = selection.agreement_ranks(members)
+    # the instruction keeps exactly the places its samples hold in the seeded shuffle
+    assert sorted(ranks.values()) == sorted(selection.rank_bytes(sid) for sid, _ in members)
+    by_place = [sid for sid, _ in sorted(ranks.items(), key=lambda kv: kv[1])]
+    value = dict(members)
+    expected = sorted(
+        value,
+        key=lambda sid: (value[sid] is None, -(value[sid] or 0.0), selection.rank_bytes(sid)),
+    )
+    assert by_place == expected
+    assert value[by_place[0]] == 1.0 and value[by_place[-1]] is None
+
+
+def test_equal_agreements_keep_the_seeded_order() -> None:
+    members = [(f"e.{k}", 0.5) for k in range(6)]
+    ranks = selection.agreement_ranks(members)
+    assert ranks == {sid: selection.rank_bytes(sid) for sid, _ in members}
+
+
+def test_agreement_order_keeps_the_interleaving_across_instructions() -> None:
+    rng = random.Random(11)
+    groups = {
+        f"g{i}": [(f"g{i}.{k}", rng.random()) for k in range(rng.randrange(1, 6))]
+        for i in range(40)
+    }
+    ranks: dict[str, bytes] = {}
+    for members in groups.values():
+        ranks.update(selection.agreement_ranks(members))
+    seeded = sorted(ranks, key=selection.rank_bytes)
+    dealt = sorted(ranks, key=ranks.get)
+    # the sequence of instructions along the loop is unchanged; within one, agreement decides
+    assert [s.split(".")[0] for s in dealt] == [s.split(".")[0] for s in seeded]
+    value = {sid: v for members in groups.values() for sid, v in members}
+    for group in groups:
+        order = [value[s] for s in dealt if s.startswith(f"{group}.")]
+        assert order == sorted(order, reverse=True)
+
+
+def test_a_given_rank_replaces_the_seeded_one_in_the_key() -> None:
+    rank = bytes(range(16))
+    key = selection.selection_key(
+        "x.0", "Write f.", "```python\ndef f():\n    pass\n```", rank=rank
+    )
+    plain = selection.selection_key("x.0", "Write f.", "```python\ndef f():\n    pass\n```")
+    assert isinstance(key, bytes) and isinstance(plain, bytes)
+    assert key[:16] == rank and key[16:] == plain[16:]
+    with pytest.raises(ValueError):
+        selection.selection_key("x.0", "Write f.", "```python\npass\n```", rank=b"short")

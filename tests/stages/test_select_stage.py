@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import random
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -74,12 +75,14 @@ def _code_parses(response: str) -> bool:
     return True
 
 
-def _plain_loop(samples: list[Execution]) -> dict[str, str]:
+def _plain_loop(
+    samples: list[Execution], rank: Callable[[str], object] = shuffle_rank
+) -> dict[str, str]:
     """Sample id -> "kept" or the rejection reason, by one loop in (rank, id) order."""
     outcome: dict[str, str] = {}
     seen_keys: set[str] = set()
     seen_names: set[frozenset[str]] = set()
-    for s in sorted(samples, key=lambda s: (shuffle_rank(s.id), s.id)):
+    for s in sorted(samples, key=lambda s: (rank(s.id), s.id)):
         problem = format_problem(s.response, s.tests)
         names = _name_sets(s.response)
         key_i, key_r = "".join(s.instruction.split()), "".join(s.response.split())
@@ -267,6 +270,55 @@ def test_stage_keeps_exactly_what_the_loop_keeps(
     reasons = Counter(expected.values())
     assert reasons["kept"] > 0 and len(expected) == len(samples) >= 600
     _run_stage(samples, expected)
+
+
+def _agreement_places(samples: list[Execution], value: dict[str, float]) -> dict[str, int]:
+    """The oracle's order for --select_by agreement, written plainly: each instruction's
+    candidates take the positions its candidates hold in the seeded order, best agreement
+    first."""
+    candidates = [
+        s
+        for s in samples
+        if s.status == "passed"
+        and format_problem(s.response, s.tests) is None
+        and not instruction_too_long(s.instruction)
+    ]
+    seeded = sorted(candidates, key=lambda s: shuffle_rank(s.id))
+    positions: dict[str, list[int]] = defaultdict(list)
+    members: dict[str, list[str]] = defaultdict(list)
+    for position, s in enumerate(seeded):
+        positions[s.instruction_id].append(position)
+        members[s.instruction_id].append(s.id)
+    place = {}
+    for iid, ids in members.items():
+        best_first = sorted(ids, key=lambda sid: (-value[sid], shuffle_rank(sid)))
+        place.update(zip(best_first, positions[iid], strict=True))
+    return place
+
+
+def test_agreement_order_runs_the_same_loop_over_the_dealt_order() -> None:
+    rng = random.Random(5)
+    samples = _random_samples(rng, 150, 6, 0.2, 0.4, 0.1)
+    value = {s.id: rng.choice([0.0, 0.25, 0.5, 1.0]) for s in samples}
+    place = _agreement_places(samples, value)
+    expected = _plain_loop(samples, rank=lambda sid: place.get(sid, -1))
+    assert expected != _plain_loop(samples)  # the order matters for these samples
+    agreements = [(s.instruction_id, (s.id, int(value[s.id] * 4), 4)) for s in samples]
+    kept = sorted(sid for sid, what in expected.items() if what == "kept")
+    rejected = sorted((sid, what) for sid, what in expected.items() if what != "kept")
+    with TestPipeline(runner="FnApiRunner") as p:
+        given = p | "Agreements" >> beam.Create(agreements)
+        out = p | beam.Create(samples) | SelectSamples(agreements=given, select_by="agreement")
+        assert_that(
+            out.main | "Ids" >> beam.Map(lambda r: (r.id, r.agreement)),
+            equal_to([(sid, value[sid]) for sid in kept]),
+            label="Kept",
+        )
+        assert_that(
+            out.rejected | "Reasons" >> beam.Map(lambda r: (r.id, r.reason)),
+            equal_to(rejected),
+            label="Rejected",
+        )
 
 
 # --- the final record ------------------------------------------------------------------------
