@@ -24,6 +24,7 @@ from sft.template import DEFAULT_SYSTEM, SECTION_STOP, build_prompt
 RESPONSE_PREFIX = "```python\n"
 STOP_SEQUENCES: tuple[str, ...] = ("```", SECTION_STOP)
 
+
 def generation_prompt(problem: Problem, system: str | None = None, bos: str = "") -> str:
     """The prompt text; `bos` is the BOS text for a tokenizer whose encoder does not add it."""
     return bos + build_prompt(problem.instruction, system or DEFAULT_SYSTEM) + RESPONSE_PREFIX
