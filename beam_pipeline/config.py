@@ -93,7 +93,7 @@ class RunConfig:
     final: FinalConfig = dataclasses.field(default_factory=FinalConfig)
     decontam: DecontamChoice = dataclasses.field(default_factory=DecontamChoice)
     # Connected-component rounds of every near-dedup pass (stages/dedup.py).
-    dedup_max_rounds: int = 24
+    dedup_max_rounds: int = 6
 
     def __post_init__(self) -> None:
         for name in ("from_stage", "to_stage"):
