@@ -345,7 +345,7 @@ class _ConnectedComponents(beam.PTransform):
         rounds = (
             ran
             | "FlattenRan" >> beam.Flatten()
-            | "RoundsRun" >> beam.Distinct()
+            | "DistinctRounds" >> beam.Distinct()
             | "ReportRound" >> beam.Map(_report_round, self.stage)
         )
         return ([*settled, finished]) | "AllEdges" >> beam.Flatten(), rounds, leftover
