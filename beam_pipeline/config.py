@@ -91,7 +91,7 @@ class RunConfig:
         default_factory=lambda: DecontamConfig.from_option("auto", {})
     )
     # Connected-component rounds of every near-dedup pass (stages/dedup.py).
-    dedup_max_rounds: int = 24
+    dedup_max_rounds: int = 6
     # --instructions: the user's own instruction files; the run then starts at I->R.
     instructions: tuple[str, ...] = ()
 

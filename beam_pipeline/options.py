@@ -222,11 +222,11 @@ class SelfCodeAlignOptions(PipelineOptions):
         sel.add_argument(
             "--dedup_max_rounds",
             type=int,
-            default=24,
-            help="Connected-component rounds unrolled in each near-dedup pass. A chain of n "
-            "near-duplicates needs about 2.4 rounds per factor of ten in n; the default covers "
-            "any realistic corpus. Each round adds a fixed cost to a run, so small local runs "
-            "may lower it; a graph left unsettled is counted as components_unconverged.",
+            default=6,
+            help="Connected-component rounds unrolled in each near-dedup pass; what is still "
+            "unsettled after them is finished exactly in one step (counted as "
+            "components_leftover_nodes), so the result does not depend on it. Each round adds "
+            "a fixed cost to a run.",
         )
         sel.add_argument(
             "--tests_in_instruction",

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_minhash.py signatures [--docs 3000] [--runs 5]
     .venv/bin/python bench/bench_minhash.py stage [--docs 200000] [--workers 2] [--runs 1]
+    .venv/bin/python bench/bench_minhash.py removal [--pairs 300] [--reference_script PATH]
 
 `signatures`: one process, one thread, the same synthetic Python functions for every method,
 each timed from text to a 250-permutation signature (tokenising and shingling included):
@@ -18,16 +19,34 @@ generated inside the pipeline, on FnApiRunner with --workers worker processes. P
 (wall clock, and per CPU-second of this process and its worker processes, which other jobs on
 the machine disturb less) for the whole pipeline and for the same pipeline without the dedup
 (generation baseline).
+
+`removal`: how often near-duplicate code is removed. Each pair is a standard-library function
+and a copy mutated (identifiers renamed, constants or operators changed, lines deleted,
+duplicated, swapped or commented) until the exact Jaccard of the two texts' shingle sets under
+the reference's tokenisation lies in 0.7-0.8 or 0.8-0.9; --pairs per bucket. Prints the share
+of pairs `NearDedup` at 0.7 removes (FnApiRunner). With --reference_script (the reference
+implementation's `minhash_dedup.py`, from its own checkout; its dependencies must be
+importable), that script is run on the same texts too, and the share of pairs on which both
+decide alike is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import collections
+import json
+import keyword
 import os
+import pathlib
 import random
+import re
 import resource
 import statistics
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -246,15 +265,167 @@ def bench_stage(docs: int, workers: int, runs: int) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# removal
+
+
+def stdlib_functions() -> Iterator[str]:
+    """Distinct functions of 12-60 lines from the standard library's top-level modules."""
+    seen: set[str] = set()
+    for path in sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            source = path.read_text()
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                text = ast.get_source_segment(source, node)
+                if text and 12 <= text.count("\n") + 1 <= 60 and text not in seen:
+                    seen.add(text)
+                    yield text
+
+
+_IDENTIFIER = re.compile(r"\b[A-Za-z_][A-Za-z_0-9]*\b")
+_RESERVED = set(keyword.kwlist) | {"self", "cls"}
+_OPERATORS = {"+": "-", "-": "+", "==": "!=", "<": "<=", ">": ">=", "and": "or", "or": "and"}
+
+
+def mutate(text: str, rng: random.Random) -> str:
+    """One small edit a copied-and-adapted function shows; the text unchanged if none applies."""
+    lines = text.split("\n")
+    edit = rng.choice(["rename", "constant", "delete", "duplicate", "swap", "operator", "comment"])
+    if edit == "rename":
+        names = sorted(set(_IDENTIFIER.findall(text)) - _RESERVED)
+        if names:
+            old = rng.choice(names)
+            new = old + rng.choice(["_v", "2", "_new"])
+            return re.sub(rf"\b{re.escape(old)}\b", new, text)
+    elif edit == "constant":
+        numbers = list(re.finditer(r"\b\d+\b", text))
+        if numbers:
+            m = rng.choice(numbers)
+            return text[: m.start()] + str(int(m.group()) + rng.randint(1, 9)) + text[m.end() :]
+    elif edit == "operator":
+        operators = list(re.finditer(r" (\+|-|==|<|>|and|or) ", text))
+        if operators:
+            m = rng.choice(operators)
+            return text[: m.start()] + f" {_OPERATORS[m.group(1)]} " + text[m.end() :]
+    elif len(lines) > 3:
+        i = rng.randrange(1, len(lines) - 1)
+        if edit == "delete":
+            del lines[i]
+        elif edit == "duplicate":
+            lines.insert(i, lines[i])
+        elif edit == "swap":
+            lines[i], lines[i + 1] = lines[i + 1], lines[i]
+        else:
+            indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+            lines.insert(i, f"{indent}# {rng.choice(['check', 'note', 'fast path'])}")
+        return "\n".join(lines)
+    return text
+
+
+BUCKETS = ((0.7, 0.8), (0.8, 0.9))
+
+
+def reference_jaccard(text_a: str, text_b: str) -> float:
+    """Exact Jaccard of the reference's 5-gram shingle sets, stated here on its own so the
+    pairs stay the same whatever tokenisation the package under test uses."""
+    sets = []
+    for text in (text_a, text_b):
+        tokens = re.split(r"\W", text.lower())
+        sets.append({" ".join(tokens[i : i + 5]) for i in range(len(tokens) - 4)})
+    union = len(sets[0] | sets[1])
+    return len(sets[0] & sets[1]) / union if union else 0.0
+
+
+def mutated_pairs(per_bucket: int, seed: int = 11) -> dict[tuple[float, float], list]:
+    """bucket -> [(function, mutated copy, exact shingle Jaccard)], one pair per function."""
+    rng = random.Random(seed)
+    functions = list(stdlib_functions())
+    rng.shuffle(functions)
+    pairs: dict[tuple[float, float], list] = {bucket: [] for bucket in BUCKETS}
+    for text in functions:
+        if all(len(found) >= per_bucket for found in pairs.values()):
+            break
+        if len(text) < 200:
+            continue
+        copy = text
+        for _ in range(40):  # mutate until the copy falls into a bucket or below them
+            copy = mutate(copy, rng)
+            similarity = reference_jaccard(text, copy)
+            bucket = next((b for b in BUCKETS if b[0] <= similarity < b[1]), None)
+            if bucket and len(pairs[bucket]) < per_bucket:
+                pairs[bucket].append((text, copy, similarity))
+                break
+            if similarity < BUCKETS[0][0]:
+                break
+    return pairs
+
+
+def _ours_removed(pairs: list) -> set[int]:
+    records = [
+        Seed(id=f"p{i:05d}{side}", seed=text)
+        for i, (a, b, _) in enumerate(pairs)
+        for side, text in (("a", a), ("b", b))
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        out = pathlib.Path(scratch) / "rejected.txt"
+        with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
+            outputs = pipeline | beam.Create(records) | NearDedup("bench", "seed", threshold=0.7)
+            _ = (
+                outputs.rejected
+                | beam.Map(lambda r: r.id)
+                | beam.io.WriteToText(str(out), num_shards=1, shard_name_template="")
+            )
+        return {int(line[1:6]) for line in out.read_text().split()}
+
+
+def _reference_removed(pairs: list, script: str) -> set[int]:
+    with tempfile.TemporaryDirectory() as scratch:
+        source, output = pathlib.Path(scratch) / "in.jsonl", pathlib.Path(scratch) / "out.jsonl"
+        with source.open("w") as handle:
+            for i, (a, b, _) in enumerate(pairs):
+                for text in (a, b):
+                    handle.write(json.dumps({"pair": i, "response": text}) + "\n")
+        command = [sys.executable, script, "--data_files", str(source), "--column", "response"]
+        command += ["--output", str(output), "--num_proc", "1"]
+        env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HOME=str(pathlib.Path(scratch) / "hf"))
+        subprocess.run(command, check=True, env=env, capture_output=True)
+        kept = collections.Counter(json.loads(line)["pair"] for line in output.open())
+        return {i for i in range(len(pairs)) if kept[i] < 2}
+
+
+def bench_removal(per_bucket: int, reference_script: str | None) -> None:
+    print("| Jaccard | pairs | mean | ours removes | reference removes | same decision |")
+    print("|---|---|---|---|---|---|")
+    for (low, high), pairs in mutated_pairs(per_bucket).items():
+        mean = statistics.mean(similarity for _, _, similarity in pairs)
+        ours = _ours_removed(pairs)
+        row = f"| {low}-{high} | {len(pairs)} | {mean:.3f} | {len(ours) / len(pairs):.1%} |"
+        if reference_script:
+            theirs = _reference_removed(pairs, reference_script)
+            same = sum((i in ours) == (i in theirs) for i in range(len(pairs)))
+            row += f" {len(theirs) / len(pairs):.1%} | {same / len(pairs):.1%} |"
+        else:
+            row += " - | - |"
+        print(row, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["signatures", "stage"])
+    parser.add_argument("what", choices=["signatures", "stage", "removal"])
     parser.add_argument("--docs", type=int)
     parser.add_argument("--runs", type=int)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=300, help="removal: pairs per bucket")
+    parser.add_argument("--reference_script", help="removal: the reference's minhash_dedup.py")
     args = parser.parse_args()
     if args.what == "signatures":
         bench_signatures(args.docs or 3000, args.runs or 5)
+    elif args.what == "removal":
+        bench_removal(args.pairs, args.reference_script)
     else:
         bench_stage(args.docs or 200_000, args.workers, args.runs or 1)
 

@@ -28,9 +28,12 @@ N_SAMPLES = 3
 def _write_seeds(directory: pathlib.Path) -> pathlib.Path:
     directory.mkdir(parents=True, exist_ok=True)
     for i in range(N_SEEDS):
+        # Names differ in every line: under the dedup's tokens (every non-word character
+        # splits) near-identical one-liners are near-duplicates at the seed threshold.
         (directory / f"mod{i}.py").write_text(
-            f'def scale_{i}(values, factor):\n    """Multiply each value by factor plus {i}."""\n'
-            f"    return [v * factor + {i} for v in values]\n"
+            f"def scale_{i}(values_{i}, factor_{i}):\n"
+            f'    """Multiply each value of values_{i} by factor_{i}, then add {i}."""\n'
+            f"    return [v{i} * factor_{i} + {i} for v{i} in values_{i}]\n"
         )
     return directory
 

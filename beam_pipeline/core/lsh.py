@@ -14,6 +14,9 @@ For a distributed grouping, `band_groups` spreads band entries over `bands * sha
 (band index, and the band's first value modulo `shards`): every bucket lies inside one group,
 so grouping by group and then by band value inside it finds exactly the same buckets while
 moving one element per (batch, group) through the shuffle instead of one per (document, band).
+
+`union_find_roots` is the one place components are computed on a single machine: the near-dedup
+stage gives it only what its distributed rounds left unsettled.
 """
 
 from __future__ import annotations
@@ -116,3 +119,28 @@ def star_edges(entries: Iterable[tuple[bytes, str]]) -> Iterator[tuple[str, str]
             ordered = sorted(members)
             for member in ordered[1:]:
                 yield member, ordered[0]
+
+
+def union_find_roots(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """node -> smallest node of its component, for every node of the edges.
+
+    Holds one entry per node; path compression keeps the finds short without ranks, and the
+    smaller root always wins, so the result does not depend on the order of the edges.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for u, v in edges:
+        parent.setdefault(u, u)
+        parent.setdefault(v, v)
+        ru, rv = find(u), find(v)
+        if ru != rv:
+            parent[max(ru, rv)] = min(ru, rv)
+    return {node: find(node) for node in parent}

@@ -1,18 +1,20 @@
 """MinHash signatures of word 5-gram shingles, vectorised over a batch of documents.
 
-Shingles: the text is lower-cased and split into runs of word characters (`\\w+`, so any
-non-word character separates tokens and never forms an empty token); each run of `ngram`
-consecutive tokens joined by single spaces, UTF-8 encoded, is one shingle. A text with fewer
-than `ngram` tokens has no shingle: it is flagged as too short and never deduplicated.
+Shingles (method.md §4): the text is lower-cased and split at EVERY single non-word character,
+`re.split(r"\\W", text.lower())`, keeping the empty tokens between consecutive separators, so
+the punctuation and indentation of code count (`f(a, b)` is `f`, `a`, ``, `b`, ``); each run of
+`ngram` consecutive tokens joined by single spaces, UTF-8 encoded, is one shingle. A text with
+fewer than `ngram` tokens has no shingle: it is flagged as too short and never deduplicated
+(the reference drops such records; see `docs/dedup.md`).
 
 Signatures are bit-identical to `datasketch.MinHash(num_perm, seed, scheme=...)` fed the same
 shingles: the shingle hash is the first four bytes of its SHA-1 read little-endian
 (datasketch's `sha1_hash32`) and the permutation parameters are drawn from
 `numpy.random.RandomState(seed)` in datasketch's order. Two schemes are supported:
 `affine32` (datasketch >= 2.0 default: MurmurHash3 finaliser, then `a * h + b mod 2**32`) and
-`legacy` (datasketch < 2.0, which the reference implementation used:
-`(a * h + b) mod (2**61 - 1)`, truncated to 32 bits). Both store 32-bit values, so signatures
-are `uint32` arrays either way.
+`legacy` (datasketch < 2.0, the arithmetic the reference's own MinHash also uses, with its
+own permutation draws: `(a * h + b) mod (2**61 - 1)`, truncated to 32 bits). Both store
+32-bit values, so signatures are `uint32` arrays either way.
 
 Two implementations give the same values. With numba (the default when it is importable),
 `minhash_numba` tokenises ASCII text, hashes each shingle as a slice of the document's joined
@@ -35,8 +37,9 @@ from types import ModuleType
 
 import numpy as np
 
-WORD_RE = re.compile(r"\w+")
-ASCII_WORD_RE = re.compile(rb"\w+")  # bytes \w is ASCII-only: equal to WORD_RE on ASCII text
+NON_WORD_RE = re.compile(r"\W")
+# bytes \W is ASCII-only: on ASCII text it splits exactly where NON_WORD_RE does.
+ASCII_NON_WORD_RE = re.compile(rb"\W")
 
 DEFAULT_NUM_PERM = 250
 DEFAULT_SEED = 1
@@ -67,15 +70,16 @@ kernels = _load_kernels()
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased runs of word characters."""
-    return WORD_RE.findall(text.lower())
+    """The lower-cased text split at every non-word character, empty tokens kept."""
+    return NON_WORD_RE.split(text.lower())
 
 
 def _tokens_bytes(text: str) -> list[bytes]:
     lowered = text.lower()
     if lowered.isascii():
-        return ASCII_WORD_RE.findall(lowered.encode("ascii"))
-    return [t.encode("utf-8") for t in WORD_RE.findall(lowered)]
+        return ASCII_NON_WORD_RE.split(lowered.encode("ascii"))
+    # A lone surrogate is a non-word character, so no token holds one and UTF-8 cannot fail.
+    return [t.encode("utf-8") for t in NON_WORD_RE.split(lowered)]
 
 
 def shingles(text: str, ngram: int = DEFAULT_NGRAM) -> set[bytes]:
@@ -90,9 +94,9 @@ def _kernel_bytes(text: str) -> bytes:
     """What the kernels tokenise: ASCII text as it is, other text already tokenised by Python."""
     if text.isascii():
         return text.encode("ascii")
-    # str.lower() and Unicode \w have no byte-level equivalent, so Python does them; the
-    # kernel splits the joined tokens back on the single spaces.
-    return " ".join(tokenize(text)).encode("utf-8")
+    # str.lower() and Unicode \w have no byte-level equivalent, so Python does them. Each
+    # separator replaced by one space is " ".join(tokenize(text)); the kernel splits it back.
+    return NON_WORD_RE.sub(" ", text.lower()).encode("utf-8")
 
 
 def _batch_buffer(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,13 @@
 kernel reproduces, bit for bit, what the module's numpy path computes.
 
 A batch arrives as one uint8 buffer holding every document back to back, with document
-offsets. ASCII documents are their raw text: the kernel lower-cases ASCII letters and splits on
-anything outside `[A-Za-z0-9_]`, which is exactly `re.findall(r"\\w+", text.lower())` on ASCII.
-Other documents arrive already tokenised by Python (UTF-8 tokens joined by single spaces); their
-bytes >= 0x80 count as word bytes, so the same split gives back Python's tokens. The tokens are
-rewritten joined by single spaces, which makes every shingle a contiguous slice of that buffer:
-it is hashed in place, never built as a bytes object.
+offsets. ASCII documents are their raw text: the kernel lower-cases ASCII letters and ends a
+token at every byte outside `[A-Za-z0-9_]`, which is exactly `re.split(r"\\W", text.lower())`
+on ASCII, empty tokens included. Other documents arrive already tokenised by Python (the
+lower-cased text with every non-word character replaced by one space); their bytes >= 0x80
+count as word bytes, so the same split gives back Python's tokens. With each separator written
+as one space, the buffer is the tokens joined by single spaces, so every shingle is a
+contiguous slice of it: hashed in place, never built as a bytes object.
 
 SHA-1 runs on `_LANES` shingles side by side (all with the same number of 64-byte blocks), each
 step one loop over the lanes, which the compiler turns into SIMD instructions: a single
@@ -56,40 +57,32 @@ def join_tokens(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(joined, token starts, token ends, per-document token offsets) of a batch buffer.
 
-    `joined` holds each document's lower-cased tokens separated by one space, so the n-gram of
-    tokens i..i+n-1 is `joined[starts[i]:ends[i + n - 1]]`.
+    Every non-word byte ends a token, so a document with k separators has k + 1 tokens, empty
+    ones included. `joined` is the document lower-cased with each separator replaced by one
+    space: the tokens joined by single spaces, and the n-gram of tokens i..i+n-1 is
+    `joined[starts[i]:ends[i + n - 1]]`.
     """
     n_docs = len(doc_offsets) - 1
     joined = np.empty(len(buf), np.uint8)
-    # A document of n bytes has at most (n + 1) // 2 tokens.
-    max_tokens = (len(buf) + n_docs) // 2
-    starts = np.empty(max_tokens, np.int64)
-    ends = np.empty(max_tokens, np.int64)
+    starts = np.empty(len(buf) + n_docs, np.int64)
+    ends = np.empty(len(buf) + n_docs, np.int64)
     doc_tokens = np.zeros(n_docs + 1, np.int64)
-    out = 0
     count = 0
     for d in range(n_docs):
-        in_token = False
+        starts[count] = doc_offsets[d]
         for p in range(doc_offsets[d], doc_offsets[d + 1]):
             c = buf[p]
             if _WORD_BYTE[c]:
-                if not in_token:
-                    if count > doc_tokens[d]:
-                        joined[out] = 32
-                        out += 1
-                    starts[count] = out
-                    in_token = True
-                joined[out] = _LOWER_BYTE[c]
-                out += 1
-            elif in_token:
-                ends[count] = out
+                joined[p] = _LOWER_BYTE[c]
+            else:
+                joined[p] = 32
+                ends[count] = p
                 count += 1
-                in_token = False
-        if in_token:
-            ends[count] = out
-            count += 1
+                starts[count] = p + 1
+        ends[count] = doc_offsets[d + 1]
+        count += 1
         doc_tokens[d + 1] = count
-    return joined[:out], starts[:count], ends[:count], doc_tokens
+    return joined, starts[:count], ends[:count], doc_tokens
 
 
 @njit(cache=True)

@@ -15,16 +15,18 @@ sequence, each pass on the previous pass's survivors. Per pass:
 3. `BucketEdges`: inside each group, each bucket of two or more ids -> an edge from each
    member to the bucket's smallest id (a star: size - 1 edges, not all pairs). A group holds
    about documents / band_shards entries: raise `band_shards` beyond some 50 million documents.
-4. `Components`: connected components without gathering the graph anywhere: alternating
-   large-star and small-star rounds (Kiveris et al., "Connected Components in MapReduce and
-   Beyond", 2014), each a GroupByKey. Every round counts the nodes that are not yet settled
-   (a node with a smaller neighbour that also has a larger one or a second smaller one); once a
-   round counts none, the graph is a set of stars around each component's smallest id and
-   later rounds pass the edges through without grouping. Rounds are unrolled up to
-   `max_rounds` (a path of n nodes with random ids needs about 2.4 rounds per factor of ten).
-   If the graph is still unsettled after them, every node with a smaller neighbour is still a
-   true duplicate (rounds preserve connectivity), but some duplicates may be kept: this is
-   counted as `components_unconverged` and logged, never silent.
+4. `Components`: connected components without gathering the graph: alternating large-star
+   and small-star rounds (Kiveris et al., "Connected Components in MapReduce and Beyond",
+   2014), each a GroupByKey. Every round counts the nodes that are not yet settled (a node
+   with a smaller neighbour that also has a larger one or a second smaller one); once a round
+   counts none, the graph is a set of stars around each component's smallest id and the
+   remaining rounds receive nothing. A Beam graph is fixed before it runs, so `max_rounds`
+   rounds (default 6) are unrolled; whatever is still unsettled after them is finished in one
+   step (`Finish`): a node whose only neighbour is smaller (a leaf) is resolved by a join on
+   that neighbour, the other nodes' edges go to one worker, whose union-find gives each its
+   component's smallest id. The result is the same for any `max_rounds`; the rounds that
+   received edges are counted as `components_rounds` and the nodes the one worker held as
+   `components_leftover_nodes` (both logged).
 5. `Decide`: records joined with their component's smallest id (CoGroupByKey by id): the
    smallest id is kept, every other member becomes Rejection(reason="near_duplicate",
    detail=<kept id>). Records that share one id are one node: one copy is kept (the smallest
@@ -52,7 +54,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_pipeline.core.lsh import band_groups, optimal_params, star_edges
+from beam_pipeline.core.lsh import band_groups, optimal_params, star_edges, union_find_roots
 from beam_pipeline.core.minhash import SCHEMES, MinHasher
 from beam_pipeline.records import Record, Rejection
 from beam_pipeline.stages.common import (
@@ -73,11 +75,13 @@ TextGetter = str | Callable[[Any], str | None]
 NEAR_DUPLICATE = "near_duplicate"
 EXACT_DUPLICATE = "exact_duplicate"
 TOO_SHORT = "too_short_for_dedup"
-UNCONVERGED = "components_unconverged"
+ROUNDS = "components_rounds"
+LEFTOVER = "components_leftover_nodes"
 
 _SHORT = "short"
-_UNSETTLED = "unsettled"
+_STATS = "stats"
 _SETTLED = "settled"
+_LEAF = "leaf"
 _WHITESPACE_RE = re.compile(r"\s+")
 
 
@@ -151,10 +155,11 @@ def _both_directions(edge: tuple[str, str]) -> Iterator[tuple[str, str]]:
 class LargeStarFn(beam.DoFn):
     """(u, neighbours) -> (v, min of u's closed neighbourhood) for each neighbour v > u.
 
-    Also counts, per bundle, the nodes of the *input* graph that are not settled.
+    Also emits, per bundle, (nodes seen, nodes not settled) of the *input* graph.
     """
 
     def start_bundle(self) -> None:
+        self._nodes = 0
         self._unsettled = 0
 
     def process(self, element: tuple[str, Iterable[str]]) -> Iterator[tuple[str, str]]:
@@ -163,6 +168,7 @@ class LargeStarFn(beam.DoFn):
         distinct.discard(node)
         if not distinct:
             return
+        self._nodes += 1
         smallest = min(distinct)
         larger = [v for v in distinct if v > node]
         if smallest < node and (larger or sum(1 for v in distinct if v < node) > 1):
@@ -172,9 +178,9 @@ class LargeStarFn(beam.DoFn):
             yield v, anchor
 
     def finish_bundle(self) -> Iterator[Any]:
-        if self._unsettled:
+        if self._nodes:
             yield beam.pvalue.TaggedOutput(
-                _UNSETTLED, GlobalWindows.windowed_value(self._unsettled)
+                _STATS, GlobalWindows.windowed_value((self._nodes, self._unsettled))
             )
 
 
@@ -193,35 +199,94 @@ def small_star(element: tuple[str, Iterable[str]]) -> Iterator[tuple[str, str]]:
 
 
 class RouteFn(beam.DoFn):
-    """Edges -> main while the previous round found unsettled nodes, else `settled`."""
+    """Edges -> main while the round's input had unsettled nodes, else `settled`."""
 
-    def process(self, edge: tuple[str, str], unsettled: Iterable[int]) -> Iterator[Any]:
-        if any(unsettled):
+    def process(self, edge: tuple[str, str], stats: Iterable[tuple[int, int]]) -> Iterator[Any]:
+        if any(unsettled for _, unsettled in stats):
             yield edge
         else:
             yield beam.pvalue.TaggedOutput(_SETTLED, edge)
 
 
 class _StarRound(beam.PTransform):
-    """One large-star + small-star round -> (edges, per-bundle unsettled counts of its input)."""
+    """One large-star + small-star round -> (edges, per-bundle stats of its input)."""
 
     def expand(self, edges: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         large = (
             edges
             | "BothWays" >> beam.FlatMap(_both_directions)
             | "GroupNeighbours" >> beam.GroupByKey()
-            | "LargeStar" >> beam.ParDo(LargeStarFn()).with_outputs(_UNSETTLED, main=MAIN)
+            | "LargeStar" >> beam.ParDo(LargeStarFn()).with_outputs(_STATS, main=MAIN)
         )
         small = (
             large[MAIN]
             | "GroupSmaller" >> beam.GroupByKey()
             | "SmallStar" >> beam.FlatMap(small_star)
         )
-        return small, large[_UNSETTLED]
+        return small, large[_STATS]
 
 
-class _ConnectedComponents(beam.PTransform):
-    """(node, smaller node) edges -> (node, smaller node) edges of stars around each minimum."""
+def split_leaves(element: tuple[str, Iterable[str]]) -> Iterator[Any]:
+    """(u, neighbours) -> `leaf` (p, u) when u's only neighbour p is smaller; otherwise
+    (0, (u, v)) for each smaller neighbour v, all under one key.
+
+    A leaf's neighbour is never a leaf (the leaf is larger than it), so the edges under the key
+    join non-leaves only, and every edge between two non-leaves is there once.
+    """
+    node, neighbours = element
+    distinct = set(neighbours)
+    distinct.discard(node)
+    smaller = [v for v in distinct if v < node]
+    if len(distinct) == 1 and smaller:
+        yield beam.pvalue.TaggedOutput(_LEAF, (smaller[0], node))
+        return
+    for v in smaller:
+        yield 0, (node, v)
+
+
+class UnionFindFn(beam.DoFn):
+    """All edges of the non-leaf nodes -> (node, smallest node of its component) for each.
+
+    Holds one dict entry per non-leaf node of the components left unsettled.
+    """
+
+    def __init__(self, stage: str, max_rounds: int) -> None:
+        self.stage = stage
+        self.max_rounds = max_rounds
+
+    def process(self, element: tuple[int, Iterable[tuple[str, str]]]) -> Iterator[tuple[str, str]]:
+        roots = union_find_roots(element[1])
+        Metrics.counter(METRICS_NAMESPACE, f"{self.stage}_{LEFTOVER}").inc(len(roots))
+        LOG.info(
+            "%s: components not settled after %d rounds; %d nodes finished on one worker",
+            self.stage,
+            self.max_rounds,
+            len(roots),
+        )
+        yield from roots.items()
+
+
+def resolve_leaves(element: tuple[str, dict[str, Iterable[str]]]) -> Iterator[tuple[str, str]]:
+    """(p, {core: [p's root], leaves: [...]}) -> (node, root) for p and each leaf of p.
+
+    A node outside the union-find that has leaves has only larger neighbours, all leaves: the
+    centre of a settled star, its own root.
+    """
+    node, grouped = element
+    roots = list(grouped["core"])
+    root = roots[0] if roots else node
+    if root != node:
+        yield node, root
+    for leaf in grouped["leaves"]:
+        yield leaf, root
+
+
+class _FinishComponents(beam.PTransform):
+    """Edges of a graph not yet settled -> (node, component's smallest node) for each other node.
+
+    Only the non-leaf nodes meet on one worker; leaves are resolved by a distributed join.
+    Returns (edges, the (node, root) pairs the one worker produced).
+    """
 
     def __init__(self, stage: str, max_rounds: int) -> None:
         super().__init__()
@@ -229,42 +294,67 @@ class _ConnectedComponents(beam.PTransform):
         self.max_rounds = max_rounds
 
     def expand(self, edges: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        split = (
+            edges
+            | "BothWays" >> beam.FlatMap(_both_directions)
+            | "GroupNeighbours" >> beam.GroupByKey()
+            | "SplitLeaves" >> beam.FlatMap(split_leaves).with_outputs(_LEAF, main=MAIN)
+        )
+        core = (
+            split[MAIN]
+            | "OneGroup" >> beam.GroupByKey()
+            | "UnionFind" >> beam.ParDo(UnionFindFn(self.stage, self.max_rounds))
+        )
+        finished = (
+            {"core": core, "leaves": split[_LEAF]}
+            | "JoinLeaves" >> beam.CoGroupByKey()
+            | "ResolveLeaves" >> beam.FlatMap(resolve_leaves)
+        )
+        return finished, core
+
+
+class _ConnectedComponents(beam.PTransform):
+    """(node, smaller node) edges -> (node, component's smallest node) for every other node.
+
+    Returns (edges, one element per round that received edges, the nodes finished on one
+    worker).
+    """
+
+    def __init__(self, stage: str, max_rounds: int) -> None:
+        super().__init__()
+        self.stage = stage
+        self.max_rounds = max_rounds
+
+    def expand(
+        self, edges: beam.PCollection
+    ) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
         settled: list[beam.PCollection] = []
+        ran: list[beam.PCollection] = []
         for number in range(1, self.max_rounds + 1):
-            edges, unsettled = edges | f"Round{number}" >> _StarRound()
-            # A round whose input had no unsettled node changed nothing: from then on the
-            # edges skip the remaining rounds' groupings.
+            edges, stats = edges | f"Round{number}" >> _StarRound()
+            # A round whose input had no unsettled node changed nothing: its edges are the
+            # final stars and skip the remaining rounds, which then receive nothing.
             routed = edges | f"Route{number}" >> beam.ParDo(
-                RouteFn(), beam.pvalue.AsIter(unsettled)
+                RouteFn(), beam.pvalue.AsIter(stats)
             ).with_outputs(_SETTLED, main=MAIN)
             settled.append(routed[_SETTLED])
+            ran.append(stats | f"Ran{number}" >> beam.Map(lambda _, n=number: n))
             edges = routed[MAIN]
-        # Whatever is still routed to main after the last round was not confirmed settled: one
-        # more grouping checks it (it is empty after a converged run).
-        final_check = (
-            edges
-            | "CheckBothWays" >> beam.FlatMap(_both_directions)
-            | "CheckGroup" >> beam.GroupByKey()
-            | "Check" >> beam.ParDo(LargeStarFn()).with_outputs(_UNSETTLED, main=MAIN)
+        # Still routed to main after the last round only if that round's input was unsettled.
+        finished, leftover = edges | "Finish" >> _FinishComponents(self.stage, self.max_rounds)
+        rounds = (
+            ran
+            | "FlattenRan" >> beam.Flatten()
+            | "DistinctRounds" >> beam.Distinct()
+            | "ReportRound" >> beam.Map(_report_round, self.stage)
         )
-        leftover = final_check[_UNSETTLED] | "CountLeftover" >> beam.CombineGlobally(sum)
-        _ = leftover | "ReportLeftover" >> beam.Map(
-            _report_unconverged, self.stage, self.max_rounds
-        )
-        return ([*settled, edges]) | "AllEdges" >> beam.Flatten(), leftover
+        return ([*settled, finished]) | "AllEdges" >> beam.Flatten(), rounds, leftover
 
 
-def _report_unconverged(count: int, stage: str, max_rounds: int) -> int:
-    if count:
-        Metrics.counter(METRICS_NAMESPACE, f"{stage}_{UNCONVERGED}").inc(count)
-        LOG.warning(
-            "%s: connected components did not settle in %d rounds (%d nodes unsettled); every "
-            "rejected record is a true duplicate but some duplicates were kept. Raise max_rounds.",
-            stage,
-            max_rounds,
-            count,
-        )
-    return count
+def _report_round(number: int, stage: str) -> int:
+    Metrics.counter(METRICS_NAMESPACE, f"{stage}_{ROUNDS}").inc()
+    LOG.info("%s: connected components: star round %d received edges", stage, number)
+    return number
 
 
 class DecideFn(StageFn):
@@ -328,7 +418,7 @@ class _NearDedupPass(beam.PTransform):
             | "GroupBands" >> beam.GroupByKey()
             | "BucketEdges" >> beam.FlatMap(bucket_edges)
         )
-        star_edges, leftover = edges | "Components" >> _ConnectedComponents(
+        star_edges, rounds, leftover = edges | "Components" >> _ConnectedComponents(
             self.stage, self.max_rounds
         )
         decided = {"records": keyed, "roots": star_edges} | "Join" >> beam.CoGroupByKey()
@@ -342,11 +432,8 @@ class _NearDedupPass(beam.PTransform):
         if self.accounting is not None:
             self.accounting.count_stage(self.stage, records, outputs)
             self.accounting.count(shingled[_SHORT], self.stage, TOO_SHORT)
-            self.accounting.count(
-                leftover | "Unconverged" >> beam.FlatMap(lambda n: itertools.repeat(None, n)),
-                self.stage,
-                UNCONVERGED,
-            )
+            self.accounting.count(rounds, self.stage, ROUNDS)
+            self.accounting.count(leftover, self.stage, LEFTOVER)
         return outputs
 
 
@@ -370,7 +457,7 @@ class NearDedup(beam.PTransform):
         ngram: int = 5,
         scheme: str = "affine32",
         bands_rows: tuple[int, int] | None = None,
-        max_rounds: int = 24,
+        max_rounds: int = 6,
         batch_size: int = 1024,
         band_shards: int = 64,
         accounting: Accounting | None = None,

@@ -1,4 +1,4 @@
-"""LSH parameters and band keys, against datasketch's MinHashLSH."""
+"""LSH parameters and band keys, against datasketch's MinHashLSH; union-find components."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from beam_pipeline.core.lsh import (
     collision_probability,
     optimal_params,
     star_edges,
+    union_find_roots,
 )
 from beam_pipeline.core.minhash import MinHasher, shingles
 
@@ -144,3 +145,38 @@ def test_star_edges_link_every_member_to_the_smallest() -> None:
     entries = [(b"v1", "c"), (b"v1", "a"), (b"v1", "b"), (b"v1", "a"), (b"v2", "z"), (b"v3", "q")]
     entries += [(b"v3", "p")]
     assert sorted(star_edges(entries)) == [("b", "a"), ("c", "a"), ("q", "p")]
+
+
+def _components_by_search(edges: list[tuple[str, str]]) -> dict[str, str]:
+    """node -> smallest node reachable from it, by breadth-first search."""
+    neighbours = collections.defaultdict(set)
+    for u, v in edges:
+        neighbours[u].add(v)
+        neighbours[v].add(u)
+    roots: dict[str, str] = {}
+    for start in neighbours:
+        if start in roots:
+            continue
+        seen, frontier = {start}, [start]
+        while frontier:
+            frontier = [w for x in frontier for w in neighbours[x] if w not in seen]
+            seen.update(frontier)
+        for node in seen:
+            roots[node] = min(seen)
+    return roots
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_union_find_roots_are_each_components_smallest_node(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = [f"n{rng.randrange(10**6):06d}" for _ in range(600)]
+    edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(300)]
+    path = rng.sample(nodes, 200)  # a long chain in random id order
+    edges += list(itertools.pairwise(path))
+    rng.shuffle(edges)
+    expected = _components_by_search(edges)
+    assert len(set(expected.values())) > 10
+    assert union_find_roots(edges) == expected
+    assert union_find_roots(reversed(edges)) == expected
+    assert union_find_roots([("b", "b")]) == {"b": "b"}
+    assert union_find_roots([]) == {}

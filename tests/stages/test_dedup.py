@@ -200,7 +200,10 @@ def test_accounting_balances(corpus: Corpus, fnapi_result: dict[str, Any]) -> No
     assert counts[f"{STAGE}/too_short_for_dedup"] == len(corpus.short)
     assert counts[f"{STAGE}/rejected/near_duplicate"] == len(fnapi_result["rejected"])
     assert counts[f"{STAGE}/errors"] == 1
-    assert counts[f"{STAGE}/components_unconverged"] == 0
+    # The 1,000-node chain (ids in random order along it) needs about 10 star rounds; after the
+    # default 6 only a handful of its nodes are left for the one-worker step.
+    assert counts[f"{STAGE}/components_rounds"] == 6
+    assert 0 < counts[f"{STAGE}/components_leftover_nodes"] < 20
 
 
 def test_same_result_on_two_worker_processes(
@@ -214,17 +217,53 @@ def test_same_result_on_two_worker_processes(
     )
 
 
-def test_unsettled_components_are_counted_and_never_wrongly_rejected(
-    corpus: Corpus, fnapi_result: dict[str, Any], tmp_path: pathlib.Path
+def _random_id_chain(length: int, seed: int) -> list[Seed]:
+    """A chain of near-duplicates whose ids are in random order along the chain, so the star
+    rounds need many rounds to settle it (ids in chain order settle in one or two)."""
+    rng = random.Random(seed)
+    stream = [f"q{seed}_{i}" for i in range(3 * length + 150)]
+    ids = [f"r{seed}_{n:05d}" for n in rng.sample(range(100_000), length)]
+    return [
+        _seed(" ".join(stream[3 * i : 3 * i + 150]), record_id) for i, record_id in enumerate(ids)
+    ]
+
+
+def test_rounds_cut_short_are_finished_with_the_same_result(
+    corpus: Corpus, tmp_path: pathlib.Path
 ) -> None:
-    transform = NearDedup(STAGE, "seed", max_rounds=1, accounting=Accounting())
-    cut_short = run_dedup(corpus.chain, FNAPI, tmp_path, transform)
-    assert cut_short["counts"][f"{STAGE}/components_unconverged"] > 0
-    rejected = {r["id"] for r in cut_short["rejected"]}
-    # Every rejected record is a true duplicate; some duplicates are kept instead.
-    assert min(r.id for r in corpus.chain) not in rejected
-    assert len(cut_short["main"]) > 1
-    assert len(rejected) + len(cut_short["main"]) == len(corpus.chain)
+    records = corpus.chain + _random_id_chain(300, seed=1) + _random_id_chain(40, seed=2)
+    records += [_seed(t) for pair in (_pair(0.9, "s1"), _pair(0.92, "s2")) for t in pair]
+    expected = reference_dedup(records)
+    results = {
+        rounds: run_dedup(
+            records,
+            FNAPI,
+            tmp_path / str(rounds),
+            NearDedup(STAGE, "seed", max_rounds=rounds, accounting=Accounting()),
+        )
+        for rounds in (1, 2, 24)
+    }
+    for rounds, result in results.items():
+        assert {r["id"]: r["detail"] for r in result["rejected"]} == expected, rounds
+        assert len(result["main"]) + len(expected) == len(records)
+        counts = result["counts"]
+        assert counts[f"{STAGE}/in"] == counts[f"{STAGE}/out"] + counts[f"{STAGE}/rejected"]
+    # Three chains collapse to their smallest ids, the two planted pairs to theirs.
+    assert len(results[24]["main"]) == 5
+    full = results[24]["counts"]
+    # Random ids along a 300-node chain take several rounds; then nothing is left over, and
+    # the rounds after the settling one receive nothing.
+    assert 3 <= full[f"{STAGE}/components_rounds"] < 24
+    assert full[f"{STAGE}/components_leftover_nodes"] == 0
+    for rounds in (1, 2):
+        counts = results[rounds]["counts"]
+        assert counts[f"{STAGE}/components_rounds"] == rounds
+        # The leaves are resolved by a join; fewer nodes than the graph meet on one worker.
+        assert 0 < counts[f"{STAGE}/components_leftover_nodes"] < len(expected)
+    assert (
+        results[1]["counts"][f"{STAGE}/components_leftover_nodes"]
+        >= results[2]["counts"][f"{STAGE}/components_leftover_nodes"]
+    )
 
 
 def _sample(index: int, instruction: str, response: str) -> Sample:
@@ -260,7 +299,7 @@ def test_three_passes_in_sequence() -> None:
     samples = [
         _sample(0, prose(0), prose(200) + "\n\n" + code(1900)),
         _sample(1, prose(0, " extra"), prose(400) + "\n\n" + code(1910)),  # instruction of 0
-        _sample(2, prose(600), prose(200, " more") + "\n\n" + code(1920)),  # response of 0
+        _sample(2, prose(600), prose(200, " more") + "\n\n" + code(1900)),  # response of 0
         _sample(3, prose(800), prose(1000) + "\n\n" + code(1900)),  # code of 0
         _sample(4, "hi", "short\n\nshort"),
     ]
