@@ -151,7 +151,7 @@ class ClientConfig:
     engine_down_max_s: float = 1800.0
     # Admission control (sequences in flight; see AdmissionLimit)
     admission: bool = True
-    initial_limit: int = 8
+    initial_limit: int = 16
     max_limit: int = 4096
     metrics_interval_s: float = 1.0
     target_queue_fraction: float = 0.25
@@ -175,19 +175,27 @@ class AdmissionLimit:
     """How many sequences one client may have in flight: a distributed AIMD controller.
 
     Every client of a server pool runs one, knowing only its own load and what the server
-    reports. Signals, strongest first:
+    reports. Decreases come from periodic signals, increases from completed requests (so the
+    limit grows once per round trip, whatever the server's speed):
     - server gauges (running R, waiting W, in sequences): when W exceeds the target queue
-      q = max(4, `target_queue_fraction` x R), the pool is oversubscribed by (R + W) / (R + q);
-      each client scales its own in-flight load down by that ratio, so together they land on
+      q = max(4, `queue_fraction` x R), the pool is oversubscribed by (R + W) / (R + q); each
+      client scales its own in-flight load down by that ratio, so together they land on
       R + q whatever their number. A small queue is the target, not an empty one: a slot that
-      frees is refilled at the next engine step instead of after a round trip. While W <= q
-      and the client has work waiting, the limit grows (x1.5 while W = 0, +1 otherwise).
+      frees is refilled at the next engine step instead of after a round trip. W is the
+      smaller of the last two samples (new arrivals wait for the next step even when slots
+      are free). While W < q / 2, each completed request of n sequences adds n (doubling
+      per round trip, "slow start"); while q / 2 <= W <= q, it adds n / limit (about one
+      per round trip).
     - 429/503: multiplicative decrease (x0.75, at most once per cool-down).
     - latency per output token (only without gauges): above `latency_tolerance` x the best
-      seen, the limit shrinks in proportion; below half-way to it, it grows by one.
-    Decreases scale the current load, not the old limit, so repeated samples while the
-    queue drains do not compound.
+      seen, the limit shrinks in proportion; below 1.25 x it grows as in slow start, below
+      half-way to the tolerance as above W > 0.
+    The limit at most doubles per round trip, so a burst of growth overshoots by a bounded
+    amount; decreases scale the current load, not the old limit, so repeated samples
+    while the queue drains do not compound.
     """
+
+    SLOW, AVOID = "slow", "avoid"
 
     def __init__(self, initial: float, max_limit: float = 4096.0, queue_fraction: float = 0.25,
                  latency_tolerance: float = 2.0, cooldown_s: float = 1.0) -> None:  # fmt: skip
@@ -196,46 +204,74 @@ class AdmissionLimit:
         self.queue_fraction = queue_fraction
         self.latency_tolerance = latency_tolerance
         self.cooldown_s = cooldown_s
+        self.growth: str | None = self.SLOW  # what the last signal allows
+        self._cap = 2.0 * self.limit
+        self._cap_at = time.monotonic()
+        self.round_trip_s = 1.0  # the client keeps it current
+        self._last_waiting = 0.0
         self._last_cut = -math.inf
 
     def _set(self, value: float) -> float:
         self.limit = min(self.max_limit, max(1.0, value))
         return self.limit
 
-    def on_server_load(
-        self, running: float, waiting: float, in_flight: int, limited: bool
-    ) -> float:
+    def _allow(self, growth: str | None, in_flight: int) -> None:
+        self.growth = growth
+        now = time.monotonic()
+        if growth is None or now - self._cap_at >= self.round_trip_s:
+            self._cap = 2.0 * max(self.limit, in_flight, 1)
+            self._cap_at = now
+
+    def on_server_load(self, running: float, waiting: float, in_flight: int) -> float:
+        # Arrivals sit in the queue until the next engine step even with free slots: only a
+        # queue seen in two samples in a row counts.
+        waiting, self._last_waiting = min(waiting, self._last_waiting), waiting
         queue = max(4.0, self.queue_fraction * running)
         if waiting > queue:
+            self._allow(None, in_flight)
             return self._set(max(in_flight, 1) * (running + queue) / (running + waiting))
-        if limited:
-            return self._set(self.limit * 1.5 if waiting <= 0 else self.limit + 1.0)
+        self._allow(self.SLOW if waiting < queue / 2 else self.AVOID, in_flight)
         return self.limit
 
-    def on_overload(self, in_flight: int, now: float) -> float:
-        if now - self._last_cut < self.cooldown_s:
-            return self.limit
-        self._last_cut = now
-        return self._set(min(self.limit, max(in_flight, 1)) * 0.75)
-
-    def on_latency(self, ratio: float, in_flight: int, limited: bool, now: float) -> float:
+    def on_latency(self, ratio: float, in_flight: int, now: float) -> float:
         if ratio > self.latency_tolerance:
+            self._allow(None, in_flight)
             if now - self._last_cut < self.cooldown_s:
                 return self.limit
             self._last_cut = now
             factor = max(0.5, self.latency_tolerance / ratio)
             return self._set(min(self.limit, max(in_flight, 1)) * factor)
-        if limited and ratio < (1.0 + self.latency_tolerance) / 2:
-            return self._set(self.limit + 1.0)
+        if ratio < 1.25:
+            self._allow(self.SLOW, in_flight)
+        elif ratio < (1.0 + self.latency_tolerance) / 2:
+            self._allow(self.AVOID, in_flight)
+        else:
+            self._allow(None, in_flight)
         return self.limit
+
+    def on_overload(self, in_flight: int, now: float) -> float:
+        self._allow(None, in_flight)
+        if now - self._last_cut < self.cooldown_s:
+            return self.limit
+        self._last_cut = now
+        return self._set(min(self.limit, max(in_flight, 1)) * 0.75)
+
+    def on_completion(self, n: int, limited: bool) -> float:
+        """A request of n sequences finished; `limited`: work waits on this limit."""
+        if not limited or self.growth is None:
+            return self.limit
+        step = n if self.growth == self.SLOW else n / max(self.limit, 1.0)
+        return self._set(min(self.limit + step, max(self._cap, self.limit)))
 
 
 class LatencyTrack:
-    """Seconds per output token: the best seen (slowly forgotten) and the recent median."""
+    """Seconds per output token: the best seen (slowly forgotten) and the recent median;
+    and the recent median of request latency."""
 
     def __init__(self, window: int = 32, forget_per_s: float = 0.001) -> None:
         self.best = math.inf
         self._recent: collections.deque[float] = collections.deque(maxlen=window)
+        self._seconds: collections.deque[float] = collections.deque(maxlen=window)
         self._forget = forget_per_s
         self._at = time.monotonic()
 
@@ -246,6 +282,11 @@ class LatencyTrack:
         self.best = min(self.best * (1.0 + self._forget) ** (now - self._at), value)
         self._at = now
         self._recent.append(value)
+        self._seconds.append(seconds)
+
+    def recent_s(self) -> float:
+        """Median seconds on the wire of recent requests (inf before any)."""
+        return statistics.median(self._seconds) if self._seconds else math.inf
 
     def ratio(self) -> float | None:
         if len(self._recent) < 4 or not math.isfinite(self.best) or self.best <= 0:
@@ -675,7 +716,7 @@ class ModelClient:
             elapsed = time.monotonic() - sent
             wire += elapsed
             if outcome is None:
-                self._observe(result, elapsed)
+                self._observe(result, elapsed, params.n)
                 total = time.monotonic() - started
                 return dataclasses.replace(result, latency_s=wire, queued_s=total - wire)
             if isinstance(outcome, _EngineDown):
@@ -809,9 +850,13 @@ class ModelClient:
         self.metrics.limit = self.admission.limit
         self._gate.wake()
 
-    def _observe(self, result: CompletionResult, seconds: float) -> None:
+    def _observe(self, result: CompletionResult, seconds: float, n: int) -> None:
         if result.choices and result.completion_tokens:
             self._latency.observe(seconds, result.completion_tokens / len(result.choices))
+        if self.admission is not None:
+            self.admission.round_trip_s = self._latency.recent_s()
+            self.admission.on_completion(n, self._gate.blocked_by_limit())
+            self._set_limit()
 
     def _on_overload(self) -> None:
         if self.admission is not None:
@@ -837,20 +882,21 @@ class ModelClient:
     async def _control(self) -> None:
         """Adjusts the admission limit while there is work."""
         while self._active and self.admission is not None:
-            await asyncio.sleep(self.config.metrics_interval_s)
             if self._down:
+                await asyncio.sleep(self.config.metrics_interval_s)
                 continue
             load = await self._server_load()
-            limited = self._gate.blocked_by_limit()
             if load is not None:
-                self.admission.on_server_load(*load, self._gate.sequences, limited)
+                self.admission.on_server_load(*load, self._gate.sequences)
             else:
                 ratio = self._latency.ratio()
                 if ratio is not None:
-                    self.admission.on_latency(
-                        ratio, self._gate.sequences, limited, time.monotonic()
-                    )
+                    self.admission.on_latency(ratio, self._gate.sequences, time.monotonic())
             self._set_limit()
+            # Several samples per round trip: fast servers are sampled more often.
+            await asyncio.sleep(
+                min(self.config.metrics_interval_s, max(0.1, self._latency.recent_s() / 4))
+            )
 
     def _ensure_background(self) -> None:
         if self._watchdog is None or self._watchdog.done():
