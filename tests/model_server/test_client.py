@@ -134,9 +134,7 @@ def test_requests_wait_through_an_outage_and_finish_after_it(server: ScriptedSer
         assert client.engine_dead is None  # the verdict expired on a healthy re-probe
         metrics = client.metrics.snapshot()
     assert all(r.ok for r in results), [r.error for r in results]
-    assert [r.choices[0].text for r in results] == [
-        scripted_text(f"o {i}", i, 0) for i in range(6)
-    ]
+    assert [r.choices[0].text for r in results] == [scripted_text(f"o {i}", i, 0) for i in range(6)]
     assert metrics["outages"] == 1 and metrics["retries"] == 0
     assert metrics["withdrawn"] == 6  # each hung attempt was taken off the wire once
 
