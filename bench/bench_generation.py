@@ -483,7 +483,7 @@ def main() -> None:
         help="utilisation of the scheduling server under 1, 4 and 16 client processes",
     )
     parser.add_argument("--sizes", default="1,4,16")
-    parser.add_argument("--sched-items", type=int, default=384)
+    parser.add_argument("--sched-items", type=int, default=512)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--beam-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--beam-batch", type=int, default=16, help=argparse.SUPPRESS)

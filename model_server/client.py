@@ -154,7 +154,7 @@ class ClientConfig:
     initial_limit: int = 16
     max_limit: int = 4096
     metrics_interval_s: float = 1.0
-    target_queue_fraction: float = 0.25
+    target_queue_fraction: float = 0.5
     latency_tolerance: float = 2.0
     cache_dir: str | None = None
     api_key: str | None = None
@@ -197,7 +197,7 @@ class AdmissionLimit:
 
     SLOW, AVOID = "slow", "avoid"
 
-    def __init__(self, initial: float, max_limit: float = 4096.0, queue_fraction: float = 0.25,
+    def __init__(self, initial: float, max_limit: float = 4096.0, queue_fraction: float = 0.5,
                  latency_tolerance: float = 2.0, cooldown_s: float = 1.0) -> None:  # fmt: skip
         self.limit = float(initial)
         self.max_limit = float(max_limit)

@@ -49,7 +49,7 @@ def test_an_oversubscribed_pool_is_scaled_to_its_slots_plus_the_target_queue() -
     for limit in limits:  # a queue counts once seen twice in a row
         limit.on_server_load(running=64, waiting=96, in_flight=40)
     total = sum(limit.limit for limit in limits)
-    assert total == pytest.approx(64 + 0.25 * 64)
+    assert total == pytest.approx(64 + limits[0].queue_fraction * 64)
     # While the queue drains, repeated samples do not cut again below that.
     for limit in limits:
         limit.on_server_load(running=64, waiting=60, in_flight=40)
