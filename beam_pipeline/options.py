@@ -178,6 +178,18 @@ class SelfCodeAlignOptions(PipelineOptions):
             help="Records per batch handed to a model-calling DoFn.",
         )
         gen.add_argument("--request_timeout_s", type=float, default=900.0)
+        gen.add_argument(
+            "--engine_down_max_s",
+            type=float,
+            default=1800.0,
+            help="How long requests wait for a model server that is down before they fail.",
+        )
+        gen.add_argument(
+            "--no_admission_control",
+            action="store_true",
+            default=False,
+            help="Send up to --max_in_flight requests per process without the adaptive limit.",
+        )
         gen.add_argument("--max_retries", type=int, default=6)
         gen.add_argument(
             "--max_model_len", type=int, default=4096, help="Context window of a managed server."
@@ -299,6 +311,8 @@ class SelfCodeAlignOptions(PipelineOptions):
             max_in_flight=opts.max_in_flight,
             batch_size=opts.batch_size,
             request_timeout_s=opts.request_timeout_s,
+            engine_down_max_s=opts.engine_down_max_s,
+            admission_control=not opts.no_admission_control,
             max_retries=opts.max_retries,
             cache_dir=f"{cache_dir}/responses" if cache_dir else None,
             max_model_len=opts.max_model_len,

@@ -1,6 +1,8 @@
-"""Generation-stage throughput (output tokens/s) on the real vLLM CPU server, three ways.
+"""Generation-stage throughput (output tokens/s) on the real vLLM CPU server, three ways;
+and (`--scheduling`) server utilisation under many client processes.
 
     .venv/bin/python bench/bench_generation.py [--items 32] [--n 4] [--runs 3]
+    .venv/bin/python bench/bench_generation.py --scheduling [--sizes 1,4,16] [--runs 3]
 
 All three send the same I->R prompts (our prompt builder, one few-shot example each, n
 samples, temperature 0.7, stop strings) for SmolLM2-135M-Instruct:
@@ -23,6 +25,17 @@ is off so that no run profits from an earlier one. Each round runs (a), (b) and 
 rotating order; medians over `--runs` rounds are reported. (b) and (c) are timed over the
 whole pipeline run. With `--beam-own-server`, Beam's handler runs in a child process group
 that is killed at the end (Beam never stops the server it starts).
+
+`--scheduling`: no model. `tests/model_server/scheduling.py`'s server models vLLM's scheduler
+(64 sequence slots, FIFO queue, continuous batching at 0.1 s a step, 4-12 tokens a sequence,
+abort on disconnect, `/metrics`). 1, 4 and 16 client processes each run the I->R stage's DoFn
+(`GenerateResponsesFn`: setup, process per batch, finish_bundle, exactly as a Beam worker
+calls it, default settings, n=4, request timeout 10 mean service times) on an equal share of
+`--sched-items` instructions, started together. Figure: useful utilisation = slot-steps of
+sequences whose answers were delivered / (slots x steps), from the first busy step until the
+work left could no longer fill the slots (outstanding sequences < slots). Baseline, same run:
+the same DoFn with `--no_admission_control` (every request a process holds, up to
+`max_in_flight`, goes on the wire at once: the client before admission control).
 """
 
 from __future__ import annotations
@@ -309,6 +322,140 @@ def run_beam_baseline(args: argparse.Namespace) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
+# --scheduling: utilisation of a vLLM-like scheduler under 1, 4, 16 client processes
+
+
+def _sched_worker(tasks: object, results: object) -> None:
+    """A client process: runs GenerateResponsesFn as a Beam worker would, once per task."""
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+
+    from beam_pipeline.records import DeadLetter
+    from beam_pipeline.stages.generation import GenerationConfig
+    from beam_pipeline.stages.responses import GenerateResponsesFn
+
+    logging.basicConfig(level=logging.ERROR)
+    results.put(("ready", None))
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        cfg = GenerationConfig(
+            model="scripted", model_server_url=task["url"], num_samples=task["n"],
+            request_timeout_s=task["timeout_s"], admission_control=task["admission"],
+        )  # fmt: skip
+        items = instructions(task["items"])[task["lo"] : task["hi"]]
+        fn = GenerateResponsesFn(cfg)
+        fn.setup()
+        time.sleep(max(0.0, task["start_at"] - time.time()))
+        samples = dead = 0
+        fn.start_bundle()
+
+        def count(outputs: object) -> None:
+            nonlocal samples, dead
+            for out in outputs:
+                value = getattr(out, "value", out)
+                value = getattr(value, "value", value)
+                if isinstance(value, DeadLetter):
+                    dead += 1
+                else:
+                    samples += 1
+
+        for i in range(0, len(items), cfg.batch_size):
+            count(fn.process(items[i : i + cfg.batch_size], GlobalWindow(), MIN_TIMESTAMP))
+        count(fn.finish_bundle())
+        metrics = fn._client.metrics.snapshot()
+        fn.teardown()
+        results.put(("done", {"samples": samples, "dead": dead, "retries": metrics["retries"]}))
+
+
+def _sched_round(server: object, workers: list, results: object, size: int, admission: bool,
+                 items: int, n: int) -> dict:  # fmt: skip
+    from tests.model_server.scheduling import utilisation
+
+    server.reset()
+    share = items // size
+    start_at = time.time() + 0.5
+    t0 = time.monotonic() + 0.5
+    for i in range(size):
+        workers[i][1].put({
+            "url": server.base_url, "n": n, "timeout_s": 10 * server.mean_service_s,
+            "admission": admission, "items": items, "lo": i * share, "hi": (i + 1) * share,
+            "start_at": start_at,
+        })  # fmt: skip
+    done = [results.get()[1] for _ in range(size)]
+    wall = time.monotonic() - t0
+    steps, spans, counts = server.snapshot()
+    total = share * size * n
+    ends = sorted(steps[min(s.end_step, len(steps) - 1)].t for s in spans if s.delivered)
+    # The work left could fill the slots until the (total - slots)-th delivered sequence.
+    cut = total - server.slots
+    end_t = ends[cut - 1] if 0 < cut <= len(ends) else steps[-1].t
+    util = utilisation(steps, spans, server.slots, end_t)
+    return {
+        "useful": util["useful"], "busy": util["busy"], "wall": wall,
+        "dead": sum(d["dead"] for d in done), "samples": sum(d["samples"] for d in done),
+        "aborted": counts.get("aborted", 0), "requests": counts.get("requests", 0),
+        "retries": sum(d["retries"] for d in done),
+    }  # fmt: skip
+
+
+def scheduling_bench(args: argparse.Namespace) -> None:
+    import multiprocessing
+
+    from tests.model_server.scheduling import SchedulingServer
+
+    sizes = [int(x) for x in args.sizes.split(",")]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    workers = []
+    for _ in range(max(sizes)):
+        tasks = ctx.Queue()
+        proc = ctx.Process(target=_sched_worker, args=(tasks, results), daemon=True)
+        proc.start()
+        workers.append((proc, tasks))
+    for _ in workers:
+        results.get()  # every process has imported Beam and the stage
+    modes = [("admission", True)] + ([("baseline", False)] if not args.no_baseline else [])
+    load = os.getloadavg()[0]
+    print(f"scheduling bench: {args.sched_items} instructions x n={args.n}, 64 slots, "
+          f"step 0.1 s, runs {args.runs}, load average {load:.1f}", flush=True)  # fmt: skip
+    table: dict[tuple[str, int], list[dict]] = {}
+    with SchedulingServer(slots=64, step_s=0.1) as server:
+        for run in range(args.runs):
+            for size in sizes:
+                order = modes if run % 2 == 0 else modes[::-1]
+                for name, admission in order:
+                    r = _sched_round(server, workers, results, size, admission,
+                                     args.sched_items, args.n)  # fmt: skip
+                    table.setdefault((name, size), []).append(r)
+                    print(f"run {run}: {name:9s} {size:2d} processes: useful {r['useful']:.3f} "
+                          f"busy {r['busy']:.3f} wall {r['wall']:5.1f} s aborted "
+                          f"{r['aborted']}/{r['requests']} retries {r['retries']} "
+                          f"dead letters {r['dead']} samples {r['samples']}")  # fmt: skip
+    for _, tasks in workers:
+        tasks.put(None)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    for size in sizes:
+        line = []
+        for name, _ in modes:
+            rows = table[(name, size)]
+            useful = statistics.median(r["useful"] for r in rows)
+            aborted = statistics.median(r["aborted"] / max(1, r["requests"]) for r in rows)
+            dead = statistics.median(r["dead"] for r in rows)
+            wall = statistics.median(r["wall"] for r in rows)
+            runs = fmt3(r["useful"] for r in rows)
+            line.append(f"{name} useful {useful:.3f} (runs {runs}), aborted {aborted:.1%}, "
+                        f"dead letters {dead:.0f}, wall {wall:.1f} s")  # fmt: skip
+        if len(modes) == 2:
+            a = statistics.median(r["useful"] for r in table[("admission", size)])
+            b = statistics.median(r["useful"] for r in table[("baseline", size)])
+            line.append(f"ratio {a / b:.2f}" if b else "ratio inf")
+        print(f"{size:2d} processes: " + "; ".join(line))
+
+
+def fmt3(values: object) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
 
 
 def main() -> None:
@@ -330,12 +477,23 @@ def main() -> None:
     )
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--log-dir", default="/tmp/selfcodealign-bench")
+    parser.add_argument(
+        "--scheduling",
+        action="store_true",
+        help="utilisation of the scheduling server under 1, 4 and 16 client processes",
+    )
+    parser.add_argument("--sizes", default="1,4,16")
+    parser.add_argument("--sched-items", type=int, default=512)
+    parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--beam-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--beam-batch", type=int, default=16, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.beam_child:
         beam_child(args)
+        return
+    if args.scheduling:
+        scheduling_bench(args)
         return
     Path(args.log_dir).mkdir(parents=True, exist_ok=True)
     args.model_dir = args.model_dir or str(prepare("smollm2"))

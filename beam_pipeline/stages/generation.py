@@ -9,7 +9,9 @@ GenerateResponses and JudgeSeeds. Two ways to reach the model:
 `ModelCallFn` turns one element into one request and routes the answer. Requests leave as
 soon as their element arrives and answers are emitted as soon as they come back, with up to
 `2 * max_in_flight` requests outstanding per DoFn instance, so the server's continuous batching
-stays full across batches instead of idling at the end of each batch. Every element leaves
+stays full across batches instead of idling at the end of each batch. The client's admission
+control decides how many of them are on the wire; while the engine is down they wait (up to
+`engine_down_max_s`) instead of turning into dead letters. Every element leaves
 exactly once: as outputs (main or rejected) or as a DeadLetter (client error, exhausted
 retries, dead engine, unexpected exception). Finish-bundle drains everything still pending.
 """
@@ -59,12 +61,14 @@ class GenerationConfig:
     judge_k: int = 7  # [--judge_k]
     request_seeds: bool = True  # [--no_request_seeds] send the per-item sampler seed
     # Client
-    max_in_flight: int = 64  # [--max_in_flight] concurrent requests per worker process
+    max_in_flight: int = 64  # [--max_in_flight] requests on the wire per worker process, at most
+    admission_control: bool = True  # [--no_admission_control] adaptive, n-weighted limit
     batch_size: int = 16  # [--batch_size] elements per BatchElements batch
     request_timeout_s: float = 900.0  # [--request_timeout_s]
     max_retries: int = 6  # [--max_retries]
     cache_dir: str | None = None  # [--cache_dir] response cache (any fsspec path)
     health_interval_s: float = 10.0  # how often in-flight work checks for a dead engine
+    engine_down_max_s: float = 1800.0  # [--engine_down_max_s] wait for a down engine, then error
     # Managed server (when no URL is given)
     served_model_name: str | None = None  # [--served_model_name]
     max_model_len: int = 4096  # [--max_model_len]
@@ -84,6 +88,8 @@ class GenerationConfig:
         for name in ("concepts_k", "instruction_k", "response_k", "judge_k", "max_retries"):
             if getattr(self, name) < 0:
                 raise GenerationConfigError(f"--{name} must be >= 0")
+        if self.engine_down_max_s < 0:
+            raise GenerationConfigError("--engine_down_max_s must be >= 0")
         if not 0.0 <= self.temperature <= 5.0:
             raise GenerationConfigError("--temperature must be in [0, 5]")
         if not 0.0 < self.top_p <= 1.0:
@@ -109,6 +115,8 @@ class GenerationConfig:
             cache_dir=self.cache_dir,
             send_seed=self.request_seeds,
             health_interval_s=self.health_interval_s,
+            engine_down_max_s=self.engine_down_max_s,
+            admission=self.admission_control,
         )
 
     def serve_config(self, model_path: str) -> ServeConfig:

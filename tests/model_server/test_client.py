@@ -105,17 +105,57 @@ def test_retries_are_bounded(server: ScriptedServer) -> None:
     assert metrics["errors"] == 1
 
 
-def test_dead_engine_fails_pending_requests_instead_of_hanging(server: ScriptedServer) -> None:
-    # The request timeout (60 s) and the server's hang (20 s) are far longer than the watchdog.
-    with make_client(server, timeout_s=60.0) as client:
+def test_dead_engine_fails_pending_requests_after_the_down_limit(server: ScriptedServer) -> None:
+    # The request timeout (60 s) and the server's hang (20 s) are far longer than the watchdog
+    # plus the 2 s the client may wait for a down engine.
+    with make_client(server, timeout_s=60.0, engine_down_max_s=2.0) as client:
         futures = [client.submit("x FAULT:DEAD", SamplingParams())]
         futures += [client.submit(f"y {i}", SamplingParams()) for i in range(3)]
-        results = [f.result(timeout=15) for f in futures]
+        results = [f.result(timeout=20) for f in futures]
         assert client.engine_dead
         late = client.complete(["z"], SamplingParams())[0]
-    dead = [r for r in results if not r.ok]
-    assert dead and all(r.error_kind == client_mod.ENGINE_DEAD for r in dead)
-    assert late.error_kind == client_mod.ENGINE_DEAD
+        metrics = client.metrics.snapshot()
+    assert all(r.error_kind == client_mod.ENGINE_DEAD for r in results)
+    assert all(r.queued_s >= 1.5 for r in results)  # they waited for the engine first
+    assert late.error_kind == client_mod.ENGINE_DEAD  # still down: no wait is left
+    assert metrics["outages"] == 1 and metrics["withdrawn"] >= 1
+
+
+def test_requests_wait_through_an_outage_and_finish_after_it(server: ScriptedServer) -> None:
+    with make_client(server, timeout_s=60.0, engine_down_max_s=60.0) as client:
+        server.dead = True  # generation hangs, /health answers 503
+        futures = [client.submit(f"o {i}", SamplingParams(seed=i)) for i in range(6)]
+        deadline = time.monotonic() + 15
+        while not client.engine_dead and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.engine_dead  # the watchdog saw the outage
+        server.dead = False
+        results = [f.result(timeout=30) for f in futures]
+        assert client.engine_dead is None  # the verdict expired on a healthy re-probe
+        metrics = client.metrics.snapshot()
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [r.choices[0].text for r in results] == [scripted_text(f"o {i}", i, 0) for i in range(6)]
+    assert metrics["outages"] == 1 and metrics["retries"] == 0
+    assert metrics["withdrawn"] == 6  # each hung attempt was taken off the wire once
+
+
+def test_overload_answers_do_not_use_up_retries(server: ScriptedServer) -> None:
+    with make_client(server, max_retries=0) as client:
+        (result,) = client.complete(["x FAULT:429"], SamplingParams())
+        metrics = client.metrics.snapshot()
+    assert result.ok and result.attempts == 2
+    assert metrics["overloaded"] == 1 and metrics["retries"] == 0
+
+
+def test_waiting_for_admission_is_not_part_of_the_timeout(server: ScriptedServer) -> None:
+    # One request at a time, each 0.4 s on the wire, timeout 1 s: the last one waits ~2 s
+    # for admission and must still succeed on its first attempt.
+    server.delay_s = 0.4
+    with make_client(server, max_in_flight=1, timeout_s=1.0, max_retries=0) as client:
+        results = client.complete([f"q{i}" for i in range(6)], SamplingParams())
+    assert all(r.ok and r.attempts == 1 for r in results), [r.error for r in results]
+    assert max(r.queued_s for r in results) > 1.0
+    assert server.max_in_flight == 1
 
 
 def test_a_slow_health_endpoint_is_not_a_dead_engine(server: ScriptedServer) -> None:
@@ -188,11 +228,13 @@ def test_unreachable_server_gives_an_error_result() -> None:
         backoff_base_s=0.01,
         backoff_max_s=0.02,
         health_failures_for_dead=1,
+        engine_down_max_s=1.0,
     )
     with ModelClient(config) as client:
         (result,) = client.complete(["x"], SamplingParams())
     assert not result.ok
-    assert result.error_kind in (client_mod.ENGINE_DEAD, client_mod.EXHAUSTED)
+    assert result.error_kind == client_mod.ENGINE_DEAD  # after waiting 1 s for it to come up
+    assert result.queued_s >= 0.9
 
 
 def test_closed_client_refuses_work(server: ScriptedServer) -> None:

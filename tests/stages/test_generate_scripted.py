@@ -290,8 +290,9 @@ def test_dead_engine_turns_pending_work_into_dead_letters(tmp_path: pathlib.Path
     items = [instruction(0, "Write z. FAULT:DEAD")] + [instruction(i, f"w{i}") for i in range(1, 6)]
     with ScriptedServer(hang_s=120.0) as srv:
         cfg = config(
-            srv, request_timeout_s=300.0, max_in_flight=1, batch_size=1, health_interval_s=0.5
-        )
+            srv, request_timeout_s=300.0, max_in_flight=1, batch_size=1, health_interval_s=0.5,
+            engine_down_max_s=2.0,
+        )  # fmt: skip
         with TestPipeline(options=PipelineOptions(FNAPI)) as pipeline:
             out = pipeline | beam.Create(items) | GenerateResponses(cfg)
             assert_that(
