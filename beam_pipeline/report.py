@@ -4,11 +4,13 @@ Counts come from `OUT/_run/counts-*.jsonl` (written by the pipeline itself, so e
 produces them). For each stage with `in` and `out`: in == out + rejected + errors. Known links
 between stages (one stage's output is the next one's input) are checked too.
 
-Besides the counts, each stage gets its active span (`span`: the wall-clock times of the first
-and last record that left it or any of its steps, as output, rejection or dead letter, taken by
-the accounting on the workers) and `records_per_s` (records handled over that span); a
-model-calling stage gets `model`: calls, cache hits, prompt and completion tokens, and tokens per
-second of the calls the server answered in this run. `summary` is the run at a glance.
+A model-calling stage's entry has `model`: calls, cache hits, prompt and completion tokens (all
+calls, and `fresh_*` for those the server answered in this run); the execution stage's has
+`failures` (kinds, see `core.failures`) and `by_group` (category/difficulty -> status). `stages`
+holds counts only, the same on every runner. `timing` holds, per stage, its active span (the
+wall-clock times of the first and last record that left it or any of its steps, as output,
+rejection or dead letter, taken by the accounting on the workers), the records it handled per
+second of that span and a model stage's tokens per second. `summary` is the run at a glance.
 `metrics` holds the runner's counters (keyed by step), where the runner reports them: they are
 diagnostics, not the accounting.
 """
@@ -90,47 +92,63 @@ def _rate(amount: int | None, seconds: float | None) -> float | None:
 
 
 def build_stages(counts: dict[str, int] | dict[str, Tally]) -> dict[str, dict[str, Any]]:
-    """Per stage: in/out/rejected/errors, rejected_by_reason, by_group, failures, model usage,
-    and, when the counts carry times, the active span and records handled per second."""
-    tallies: dict[str, Tally] = {
-        k: v if isinstance(v, tuple) else (int(v), None, None) for k, v in counts.items()
-    }
+    """Per stage: in/out/rejected/errors, rejected_by_reason, by_group, failures and model
+    usage (calls, cache hits, tokens). Counts only: the same on every runner."""
     stages: dict[str, dict[str, Any]] = {}
-    for key, (value, _, _) in sorted(tallies.items()):
+    for key, value in sorted(counts.items()):
+        n = value[0] if isinstance(value, tuple) else int(value)
         stage, _, what = key.partition("/")
         entry = stages.setdefault(stage, {"rejected_by_reason": {}})
         if what.startswith("rejected/"):
-            entry["rejected_by_reason"][what.split("/", 1)[1]] = value
+            entry["rejected_by_reason"][what.split("/", 1)[1]] = n
         elif what.startswith("by/"):  # by/<group>/<status>, e.g. by/function/easy/passed
             group, _, status = what[3:].rpartition("/")
-            entry.setdefault("by_group", {}).setdefault(group, {})[status] = value
+            entry.setdefault("by_group", {}).setdefault(group, {})[status] = n
         elif what.startswith("failures/"):  # failures/<kind>, e.g. failures/assertion
-            entry.setdefault("failures", {})[what.split("/", 1)[1]] = value
+            entry.setdefault("failures", {})[what.split("/", 1)[1]] = n
         elif what.startswith("model/"):  # model/<calls, tokens...>
-            entry.setdefault("model", {})[what.split("/", 1)[1]] = value
+            entry.setdefault("model", {})[what.split("/", 1)[1]] = n
         else:
-            entry[what] = value
+            entry[what] = n
     for entry in stages.values():
         if any("passed" in g for g in entry.get("by_group", {}).values()):
             entry["passed"] = sum(g.get("passed", 0) for g in entry["by_group"].values())
         if "in" in entry and "out" in entry:
             accounted = entry["out"] + entry.get("rejected", 0) + entry.get("errors", 0)
             entry["balanced"] = entry["in"] == accounted
-    for name, entry in stages.items():
-        first_step = stages.get(FIRST_STEP.get(name, ""), {})
-        entry["handled"] = entry.get("in", first_step.get("in"))
-        if entry["handled"] is None:
-            entry["handled"] = entry.get("out", 0) + entry.get("errors", 0)
-    for name, (first, last) in _spans(tallies).items():
-        entry = stages[name]
-        seconds = round(last - first, 3)
-        entry["span"] = {"first": first, "last": last, "seconds": seconds}
-        entry["records_per_s"] = _rate(entry["handled"], seconds)
-        model = entry.get("model")
-        if model is not None:
-            model["completion_tokens_per_s"] = _rate(model.get("fresh_completion_tokens"), seconds)
-            model["prompt_tokens_per_s"] = _rate(model.get("fresh_prompt_tokens"), seconds)
     return stages
+
+
+def handled(name: str, stages: dict[str, dict[str, Any]]) -> int:
+    """Records a stage handled: its input; a several-step stage's first step's input; a stage
+    without an input count (read) its outputs and dead letters."""
+    entry = stages[name]
+    value = entry.get("in", stages.get(FIRST_STEP.get(name, ""), {}).get("in"))
+    return value if value is not None else entry.get("out", 0) + entry.get("errors", 0)
+
+
+def build_timing(
+    tallies: dict[str, Tally], stages: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per stage with times: its active span, records handled per second over it and, for a
+    model-calling stage, the tokens per second of the calls the server answered in this run."""
+    timing: dict[str, dict[str, Any]] = {}
+    for name, (first, last) in _spans(tallies).items():
+        seconds = round(last - first, 3)
+        count = handled(name, stages)
+        entry = {
+            "first": first,
+            "last": last,
+            "seconds": seconds,
+            "handled": count,
+            "records_per_s": _rate(count, seconds),
+        }
+        model = stages.get(name, {}).get("model")
+        if model is not None:
+            entry["prompt_tokens_per_s"] = _rate(model.get("fresh_prompt_tokens"), seconds)
+            entry["completion_tokens_per_s"] = _rate(model.get("fresh_completion_tokens"), seconds)
+        timing[name] = entry
+    return timing
 
 
 def summarize(stages: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -183,8 +201,10 @@ def write_report(
     if fs.exists(path):
         with fs.open(path, "r") as handle:
             previous = json.load(handle)
-    stages = dict(previous.get("stages", {}))
-    stages.update(build_stages(load_tallies(output_dir)))
+    tallies = load_tallies(output_dir)
+    current = build_stages(tallies)
+    stages = {**previous.get("stages", {}), **current}
+    timing = {**previous.get("timing", {}), **build_timing(tallies, current)}
     problems = check(stages)
     merged_metrics = dict(previous.get("metrics", {}))
     for key, value in (metrics or {}).items():
@@ -193,6 +213,7 @@ def write_report(
     report = {
         "stages": stages,
         "summary": summarize(stages, runs),
+        "timing": timing,
         "invariant_ok": not problems,
         "problems": problems,
         "metrics": merged_metrics,

@@ -85,9 +85,42 @@ def pct(key: str, part: int, whole: int, attrs: str = "", tag: str = "span") -> 
     return f'<{tag}{attrs} data-k="{_esc(key)}" data-v="{_esc(raw)}">{shown}</{tag}>'
 
 
-def _pipeline_order(name: str) -> tuple[int, str]:
+# Stages and their steps as the graph runs them; a step not listed sorts after its stage's.
+STEP_ORDER = (
+    "read",
+    "seeds",
+    "seeds.extract",
+    "seeds.filter",
+    "seeds.exact_dedup",
+    "seeds.static_check",
+    "seeds.decontaminate",
+    "seeds.near_dedup",
+    "seeds.sample",
+    "seeds.judge",
+    "concepts",
+    "instructions",
+    "responses",
+    "execution",
+    "final",
+    "final.format",
+    "final.unique_instruction",
+    "final.unique_response",
+    "final.unique_names",
+    "final.near_dedup",
+    "final.tests_in_instruction",
+    "final.decontaminate",
+)
+
+
+def _pipeline_order(name: str, timing: dict[str, dict[str, Any]]) -> tuple[int, float, str]:
+    """Known steps in graph order; passes of one step (near dedup's) by when they ran."""
     top = name.split(".", 1)[0]
-    return (STAGE_ORDER.index(top) if top in STAGE_ORDER else len(STAGE_ORDER), name)
+    known = [i for i, s in enumerate(STEP_ORDER) if name == s or name.startswith(s + ".")]
+    if name != top and known and STEP_ORDER[max(known)] == top:
+        # a step this list does not name: after its stage's known steps
+        known = [i for i, s in enumerate(STEP_ORDER) if s == top or s.startswith(top + ".")]
+    index = max(known, default=len(STEP_ORDER))
+    return (index, timing.get(name, {}).get("first", 0.0), name)
 
 
 # -- at a glance ---------------------------------------------------------------------------
@@ -178,13 +211,13 @@ def funnel_svg(rows: Sequence[tuple[str, int, str]]) -> str:
 # -- time per stage --------------------------------------------------------------------------
 
 
-def timeline_svg(stages: dict[str, dict[str, Any]]) -> str:
+def timeline_svg(timing: dict[str, dict[str, Any]]) -> str:
     """One bar per pipeline stage from its first to its last record leaving it."""
-    rows = [(n, stages[n]) for n in STAGE_ORDER if "span" in stages.get(n, {})]
+    rows = [(n, timing[n]) for n in STAGE_ORDER if n in timing]
     if not rows:
         return "<p>No stage recorded its times.</p>"
-    start = min(e["span"]["first"] for _, e in rows)
-    end = max(e["span"]["last"] for _, e in rows)
+    start = min(e["first"] for _, e in rows)
+    end = max(e["last"] for _, e in rows)
     total = max(end - start, 1e-9)
     width, bar_h, gap, left, right = 900, 22, 8, 110, 300
     plot = width - left - right
@@ -194,18 +227,17 @@ def timeline_svg(stages: dict[str, dict[str, Any]]) -> str:
         f'height="{height}">'
     ]
     for i, (name, entry) in enumerate(rows):
-        span = entry["span"]
         y = i * (bar_h + gap)
-        x = left + int(plot * (span["first"] - start) / total)
-        w = max(2, int(plot * span["seconds"] / total))
+        x = left + int(plot * (entry["first"] - start) / total)
+        w = max(2, int(plot * entry["seconds"] / total))
+        key = f"timing|{name}"
         parts.append(
             f'<text class="lbl" x="0" y="{y + 15}" data-label>{_esc(name)}</text>'
             f'<rect class="span" x="{x}" y="{y}" width="{w}" height="{bar_h}"/>'
             f'<text class="lbl" x="{left + plot + 8}" y="{y + 15}">'
-            f'<tspan data-k="stages|{_esc(name)}|span|seconds" '
-            f'data-v="{span["seconds"]!r}">{span["seconds"]:,.1f}</tspan> s · '
-            f"{num(f'stages|{name}|handled', entry.get('handled'), tag='tspan')} records · "
-            f"{num(f'stages|{name}|records_per_s', entry.get('records_per_s'), tag='tspan')}"
+            f"{num(f'{key}|seconds', entry['seconds'], tag='tspan')} s · "
+            f"{num(f'{key}|handled', entry.get('handled'), tag='tspan')} records · "
+            f"{num(f'{key}|records_per_s', entry.get('records_per_s'), tag='tspan')}"
             "/s</text>"
         )
     y = len(rows) * (bar_h + gap)
@@ -222,27 +254,33 @@ def timeline_svg(stages: dict[str, dict[str, Any]]) -> str:
 # -- model calls -----------------------------------------------------------------------------
 
 
-def model_table(stages: dict[str, dict[str, Any]]) -> str:
+def model_table(stages: dict[str, dict[str, Any]], timing: dict[str, dict[str, Any]]) -> str:
     names = [n for n in MODEL_STAGES if "model" in stages.get(n, {})]
     names += sorted(n for n in stages if "model" in stages[n] and n not in names)
     if not names:
         return "<p>No model was called in this run.</p>"
-    columns = (
-        ("calls", "calls", 1),
-        ("cache hits", "cached_calls", 1),
-        ("prompt tokens", "prompt_tokens", 1),
-        ("completion tokens", "completion_tokens", 1),
-        ("prompt tok/s", "prompt_tokens_per_s", 1),
-        ("completion tok/s", "completion_tokens_per_s", 1),
+    counts = (
+        ("calls", "calls"),
+        ("cache hits", "cached_calls"),
+        ("prompt tokens", "prompt_tokens"),
+        ("completion tokens", "completion_tokens"),
     )
-    head = "<tr><th class=l>stage</th>" + "".join(f"<th>{c}</th>" for c, _, _ in columns) + "</tr>"
+    rates = (
+        ("prompt tok/s", "prompt_tokens_per_s"),
+        ("completion tok/s", "completion_tokens_per_s"),
+    )
+    head = (
+        "<tr><th class=l>stage</th>"
+        + "".join(f"<th>{c}</th>" for c, _ in (*counts, *rates))
+        + "</tr>"
+    )
     body = []
     for name in names:
         model = stages[name]["model"]
+        times = timing.get(name, {})
         cells = "".join(
-            num(f"stages|{name}|model|{key}", model.get(key), digits, tag="td")
-            for _, key, digits in columns
-        )
+            num(f"stages|{name}|model|{key}", model.get(key), tag="td") for _, key in counts
+        ) + "".join(num(f"timing|{name}|{key}", times.get(key), tag="td") for _, key in rates)
         body.append(f"<tr><td class=l data-label>{_esc(name)}</td>{cells}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -340,14 +378,18 @@ def pass_rate_table(by_group: dict[str, dict[str, int]]) -> str:
 # -- stages ----------------------------------------------------------------------------------
 
 
-def stage_table(stages: dict[str, dict[str, Any]]) -> str:
+def stage_table(
+    stages: dict[str, dict[str, Any]], timing: dict[str, dict[str, Any]] | None = None
+) -> str:
+    timing = timing or {}
     head = (
         "<tr><th class=l>stage</th><th>in</th><th>out</th><th>rejected</th><th>errors</th>"
         "<th class=l>balanced</th><th>active s</th><th>records/s</th>"
         "<th class=l>rejected by reason</th></tr>"
     )
     body = []
-    for name, entry in sorted(stages.items(), key=lambda kv: _pipeline_order(kv[0])):
+    for name in sorted(stages, key=lambda n: _pipeline_order(n, timing)):
+        entry = stages[name]
         key = f"stages|{name}"
         reasons = ", ".join(
             f"<span data-label>{_esc(r)}</span>: {num(f'{key}|rejected_by_reason|{r}', n)}"
@@ -363,15 +405,15 @@ def stage_table(stages: dict[str, dict[str, Any]]) -> str:
             num(f"{key}|{what}", entry[what], tag="td") if what in entry else "<td></td>"
             for what in ("in", "out", "rejected", "errors")
         )
-        span = entry.get("span")
-        timing = (
-            num(f"{key}|span|seconds", span["seconds"], tag="td")
-            + num(f"{key}|records_per_s", entry.get("records_per_s"), tag="td")
-            if span
+        times = timing.get(name)
+        rate = (
+            num(f"timing|{name}|seconds", times["seconds"], tag="td")
+            + num(f"timing|{name}|records_per_s", times.get("records_per_s"), tag="td")
+            if times
             else "<td></td><td></td>"
         )
         body.append(
-            f"<tr><td class=l data-label>{_esc(name)}</td>{counts}<td class=l>{mark}</td>{timing}"
+            f"<tr><td class=l data-label>{_esc(name)}</td>{counts}<td class=l>{mark}</td>{rate}"
             f"<td class=l>{reasons}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
@@ -422,6 +464,7 @@ def render(report: dict[str, Any], examples: Sequence[dict[str, Any]]) -> str:
         + _esc("; ".join(report.get("problems", [])))
         + "</span>"
     )
+    timing = report.get("timing", {})
     execution = stages.get("execution", {})
     by_group = execution.get("by_group", {})
     return (
@@ -431,13 +474,13 @@ def render(report: dict[str, Any], examples: Sequence[dict[str, Any]]) -> str:
         f"<h1>SelfCodeAlign run report</h1><p>{status}</p>"
         f"<h2>At a glance</h2>{glance(summary)}"
         f"<h2>Funnel</h2>{funnel_svg(funnel_rows(stages))}"
-        f"<h2>Time per stage</h2>{timeline_svg(stages)}<p class=note>{NOTES['time']}</p>"
-        f"<h2>Model calls</h2>{model_table(stages)}<p class=note>{NOTES['model']}</p>"
+        f"<h2>Time per stage</h2>{timeline_svg(timing)}<p class=note>{NOTES['time']}</p>"
+        f"<h2>Model calls</h2>{model_table(stages, timing)}<p class=note>{NOTES['model']}</p>"
         f"<h2>Why executions failed</h2>{failures_svg(execution.get('failures', {}))}"
         f"<p class=note>{NOTES['failures']}</p>"
         "<h2>Pass rate by category and difficulty</h2>"
         f"{pass_rate_svg(by_group)}{pass_rate_table(by_group)}"
-        f"<h2>Stages</h2>{stage_table(stages)}<p class=note>{NOTES['counts']}</p>"
+        f"<h2>Stages</h2>{stage_table(stages, timing)}<p class=note>{NOTES['counts']}</p>"
         f'<h2>Examples from the final dataset</h2><div data-part="examples">'
         f"{example_cards(examples)}</div>"
         "</body></html>"
