@@ -85,8 +85,12 @@ def _spans(tallies: dict[str, Tally]) -> dict[str, tuple[float, float]]:
     return spans
 
 
+# Below this a span is one burst of records (e.g. all of a group's output at once): no rate.
+MIN_SPAN_S = 0.1
+
+
 def _rate(amount: int | None, seconds: float | None) -> float | None:
-    if amount is None or not seconds or seconds <= 0:
+    if amount is None or seconds is None or seconds < MIN_SPAN_S:
         return None
     return round(amount / seconds, 3)
 

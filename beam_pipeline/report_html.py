@@ -22,6 +22,7 @@ from typing import Any
 
 import fsspec
 
+from beam_pipeline.report import MIN_SPAN_S, summarize
 from beam_pipeline.shards import current_shards
 
 # The funnel's steps: (label, stage, count key), in pipeline order; missing steps are skipped.
@@ -47,6 +48,7 @@ max-width:1100px;color:#1d1d1f;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;
 text-align:right}th{background:#f5f5f7}td.l,th.l{text-align:left}
+table.stages{font-size:.85rem}td.reasons{text-align:left;min-width:13rem}
 .bar{fill:#3b82f6}.pass{fill:#16a34a}.fail{fill:#f87171}.span{fill:#8b5cf6}.kind{fill:#f59e0b}
 .lbl{font-size:12px}.axis{stroke:#bbb}.ok{color:#15803d}.bad{color:#b91c1c}
 pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;font-size:12px;border-radius:4px}
@@ -190,13 +192,11 @@ def bar_chart(
     for i, (label, value, key, extra) in enumerate(rows):
         y = i * (bar_h + gap)
         w = max(1, int((width - left - 170) * value / top))
-        text = _fmt(value)
-        note = f'<text class="lbl" x="{left + w + 70}" y="{y + 15}">{extra}</text>'
         parts.append(
             f'<text class="lbl" x="0" y="{y + 15}" data-label>{_esc(label)}</text>'
             f'<rect class="{bar_class}" x="{left}" y="{y}" width="{w}" height="{bar_h}"/>'
-            f'<text class="lbl" x="{left + w + 6}" y="{y + 15}" data-k="{_esc(key)}" '
-            f'data-v="{_esc(repr(value))}">{text}</text>' + (note if extra else "")
+            f'<text class="lbl" x="{left + w + 6}" y="{y + 15}">'
+            f"{num(key, value, tag='tspan')}{' · ' + extra if extra else ''}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -414,9 +414,9 @@ def stage_table(
         )
         body.append(
             f"<tr><td class=l data-label>{_esc(name)}</td>{counts}<td class=l>{mark}</td>{rate}"
-            f"<td class=l>{reasons}</td></tr>"
+            f"<td class=reasons>{reasons}</td></tr>"
         )
-    return f"<table>{head}{''.join(body)}</table>"
+    return f"<table class=stages>{head}{''.join(body)}</table>"
 
 
 def example_cards(records: Sequence[dict[str, Any]]) -> str:
@@ -441,7 +441,8 @@ NOTES = {
     "time": "Active span: from the first to the last record leaving the stage or any of its "
     "steps (as output, rejection or dead letter), clocked on the workers by the accounting; "
     "stages overlap where records stream through. Records/s: records handled (a stage's input; "
-    "a several-step stage's first input) over its active span.",
+    "a several-step stage's first input) over its active span; none for a span under "
+    f"<span data-label>{MIN_SPAN_S} s</span>, where the records left in one burst.",
     "model": "Tokens as the model server reported them. Tok/s counts only the calls the server "
     "answered in this run (cache hits excluded) over the stage's active span.",
     "failures": "One kind per execution that did not pass: its sandbox verdict (timeout, "
@@ -453,8 +454,6 @@ NOTES = {
 
 
 def render(report: dict[str, Any], examples: Sequence[dict[str, Any]]) -> str:
-    from beam_pipeline.report import summarize
-
     stages = report.get("stages", {})
     summary = report.get("summary") or summarize(stages, report.get("runs", []))
     status = (

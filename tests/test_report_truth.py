@@ -23,9 +23,10 @@ import pytest
 from beam_pipeline.core.failures import failure_kind
 from beam_pipeline.main import run
 from beam_pipeline.options import bundled_shard
+from beam_pipeline.report import MIN_SPAN_S
 from tests.conftest import FNAPI, SHARED
 from tests.helpers import read_jsonl_dir
-from tests.model_server.scripted import ScriptedServer
+from tests.model_server.scripted import ScriptedServer, item_part
 
 N_SEEDS = 6
 N_SAMPLES = 4
@@ -43,19 +44,24 @@ RESPONSE_KINDS = (
 )
 
 
-def response_text(kind: str, i: int) -> str:
-    name = f"f_{i}"
+# The scripted instructions read "Write a Python function `f_<h>()` that returns the string
+# '<h>'."; a response answers the last one in its prompt.
+TASK = re.compile(r"`(f_\w+)\(\)` that returns the string '(\w+)'")
+
+
+def response_text(kind: str, prompt: str) -> str:
+    name, value = TASK.findall(item_part(prompt))[-1]
     code = {
-        "syntax": f"def {name}(:\n    return 1",
+        "syntax": f"def {name}(:\n    return {value!r}",
         "timeout": f"def {name}():\n    while True:\n        pass",
-        "value_error": f"def {name}():\n    raise ValueError('no')",
-    }.get(kind, f"def {name}():\n    return {i}")
+        "value_error": f"def {name}():\n    raise ValueError({value!r})",
+    }.get(kind, f"def {name}():\n    return {value!r}")
     tests = {
-        "assertion": f"assert {name}() == {i + 1}",
-        "name_error": f"assert undefined_{i}() == {i}",
-        "memory": f"block = bytearray(1 << 40)\nassert {name}() == {i}",
-    }.get(kind, f"assert {name}() == {i}")
-    body = f"\nReturn {i}.\n\n```python\n{code}\n```\n</response>\n\n"
+        "assertion": f"assert {name}() == {value[::-1]!r}",
+        "name_error": f"assert {name}_helper() == {value!r}",
+        "memory": f"block = bytearray(1 << 40)\nassert {name}() == {value!r}",
+    }.get(kind, f"assert {name}() == {value!r}")
+    body = f"\nReturn the string {value!r}.\n\n```python\n{code}\n```\n</response>\n\n"
     return body if kind == "no_tests" else f"{body}<tests>\n```python\n{tests}\n```\n"
 
 
@@ -117,7 +123,7 @@ class FailingResponsesServer(ScriptedServer):
             with self._tally_lock:
                 i = self._choices
                 self._choices += 1
-            text = response_text(RESPONSE_KINDS[i % len(RESPONSE_KINDS)], i)
+            text = response_text(RESPONSE_KINDS[i % len(RESPONSE_KINDS)], prompt)
             choices.append({"index": index, "text": text, "finish_reason": "stop"})
         usage = {
             "prompt_tokens": len(prompt.split()),
@@ -336,10 +342,12 @@ def lookup(stages: dict[str, Any], report: dict[str, Any], key: str) -> float | 
             return times[field]
         if field == "handled":
             return stages[name]["handled"]
+        if seconds < MIN_SPAN_S:  # one burst: no rate
+            return None
         if field == "records_per_s":
-            return stages[name]["handled"] / seconds if seconds > 0 else None
+            return stages[name]["handled"] / seconds
         fresh = stages[name]["model"]["fresh_" + field.removesuffix("_per_s")]
-        return fresh / seconds if seconds > 0 and fresh else None
+        return fresh / seconds if fresh else None
     if parts[0] == "stages":
         name, *path = parts[1:]
         value: Any = stages[name]

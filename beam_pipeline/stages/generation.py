@@ -12,6 +12,8 @@ soon as their element arrives and answers are emitted as soon as they come back,
 stays full across batches instead of idling at the end of each batch. Every element leaves
 exactly once: as outputs (main or rejected) or as a DeadLetter (client error, exhausted
 retries, dead engine, unexpected exception). Finish-bundle drains everything still pending.
+Each answered call also leaves a `ModelUsage` (tokens, cache hit) on the tagged `usage` output,
+which the stage's accounting counts.
 """
 
 from __future__ import annotations
