@@ -28,6 +28,9 @@ from tests.conftest import FNAPI, SHARED
 from tests.helpers import read_jsonl_dir
 from tests.model_server.scripted import ScriptedServer, item_part
 
+# One pipeline run on the bundled shard (about 40 s on 2 cores) serves the module's tests.
+pytestmark = pytest.mark.timeout(600)
+
 N_SEEDS = 6
 N_SAMPLES = 4
 
