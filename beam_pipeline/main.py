@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pipeline.config import STAGES, ConfigError, RunConfig
 from beam_pipeline.core.decontam import BenchmarkUnavailable
+from beam_pipeline.core.failures import failure_kind
 from beam_pipeline.core.selection import code_representation
 from beam_pipeline.instructions_io import InstructionsError, check_instruction_files
 from beam_pipeline.options import SelfCodeAlignOptions
@@ -167,6 +168,12 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
         )
         acct.count_by(
             executed.main, "execution", lambda e: f"{e.category}/{e.difficulty}/{e.status}"
+        )
+        acct.count_by(
+            executed.main,
+            "execution",
+            lambda e: failure_kind(e.status, e.stderr, e.exit_code, e.signal),
+            what="failures",
         )
         write("execution", executed)
         current = executed.main

@@ -5,17 +5,24 @@ records (main output) and `Rejection`s (tagged `rejected`). An unexpected except
 `DeadLetter` on the tagged `errors` output; the element's partial outputs are discarded, so
 every input leaves the stage exactly once: as output, as a counted rejection or as a dead letter.
 
-Accounting: `Accounting.count(...)` turns PCollections into (key, count) pairs; at the end of
-the graph they are summed and written to `OUT/_run/counts-*.jsonl`, which `beam_pipeline.report`
-turns into `report.json` once the pipeline has finished. This works on every runner (it uses
-no runner metrics API).
+Accounting: `Accounting.count(...)` turns PCollections into (key, tally) pairs, a tally being
+the count and the wall-clock times of the first and last element counted; at the end of the
+graph counts are summed, first times take the minimum and last times the maximum, and the
+result is written to `OUT/_run/counts-*.jsonl`, which `beam_pipeline.report` turns into
+`report.json` once the pipeline has finished. This works on every runner (it uses no runner
+metrics API). The model-calling steps emit one `ModelUsage` per answered call on a tagged
+`usage` output; `count_stage` counts their calls and tokens with the stage's records.
+
+Runner metrics (namespace `selfcodealign`) are keyed by step (`StageFn.step`, e.g.
+`seeds.filter.FilterSeed_out`): a stage of several steps has one counter per step, never one
+sum that mixes them. They are diagnostics; the report's counts come from the accounting.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -31,12 +38,23 @@ METRICS_NAMESPACE = "selfcodealign"
 MAIN = "main"
 REJECTED = "rejected"
 ERRORS = "errors"
+USAGE = "usage"
 
 
 class StageOutputs(NamedTuple):
     main: beam.PCollection
     rejected: beam.PCollection
     errors: beam.PCollection
+    # The `usage` outputs of the stage's model-calling steps (none for other stages).
+    usage: tuple[beam.PCollection, ...] = ()
+
+
+class ModelUsage(NamedTuple):
+    """What one answered model call cost: tokens in and out, and whether the cache answered."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
 
 
 def _describe(element: Any) -> tuple[str, str]:
@@ -53,12 +71,16 @@ def _describe(element: Any) -> tuple[str, str]:
 class StageFn(beam.DoFn):
     """Routes `handle()`'s yields to main/rejected, exceptions to errors; counts each."""
 
+    # True for DoFns that emit `ModelUsage` on the tagged `usage` output.
+    EMITS_USAGE = False
+
     def __init__(self, stage: str) -> None:
         self.stage = stage
         self.step = f"{stage}.{type(self).__name__.removesuffix('Fn')}"
-        self._out = Metrics.counter(METRICS_NAMESPACE, f"{stage}_out")
-        self._rejected = Metrics.counter(METRICS_NAMESPACE, f"{stage}_rejected")
-        self._errors = Metrics.counter(METRICS_NAMESPACE, f"{stage}_errors")
+        # Keyed by step: several steps of one stage must not add to one counter.
+        self._out = Metrics.counter(METRICS_NAMESPACE, f"{self.step}_out")
+        self._rejected = Metrics.counter(METRICS_NAMESPACE, f"{self.step}_rejected")
+        self._errors = Metrics.counter(METRICS_NAMESPACE, f"{self.step}_errors")
 
     def handle(self, element: Any) -> Iterable[Any]:
         raise NotImplementedError(f"{type(self).__name__} must implement handle()")
@@ -97,8 +119,10 @@ class StageFn(beam.DoFn):
 
 
 def apply_stage_fn(pcoll: beam.PCollection, label: str, fn: StageFn) -> StageOutputs:
-    results = pcoll | label >> beam.ParDo(fn).with_outputs(REJECTED, ERRORS, main=MAIN)
-    return StageOutputs(results[MAIN], results[REJECTED], results[ERRORS])
+    tags = (REJECTED, ERRORS, USAGE) if fn.EMITS_USAGE else (REJECTED, ERRORS)
+    results = pcoll | label >> beam.ParDo(fn).with_outputs(*tags, main=MAIN)
+    usage = (results[USAGE],) if fn.EMITS_USAGE else ()
+    return StageOutputs(results[MAIN], results[REJECTED], results[ERRORS], usage)
 
 
 def merge_outputs(label: str, *outputs: StageOutputs) -> StageOutputs:
@@ -109,6 +133,7 @@ def merge_outputs(label: str, *outputs: StageOutputs) -> StageOutputs:
         outputs[-1].main,
         rejected[0] if len(rejected) == 1 else rejected | f"{label}Rejected" >> beam.Flatten(),
         errors[0] if len(errors) == 1 else errors | f"{label}Errors" >> beam.Flatten(),
+        tuple(u for o in outputs for u in getattr(o, "usage", ())),
     )
 
 
@@ -116,28 +141,74 @@ def merge_outputs(label: str, *outputs: StageOutputs) -> StageOutputs:
 # Accounting
 
 
-class _CountFn(beam.DoFn):
-    """Elements -> (key, count) pairs, summed inside each bundle: the final sum receives one
-    element per key and bundle instead of one per record."""
+# A tally: (count, first, last), the times in seconds since the epoch (None while nothing was
+# counted). Summing counts and taking min/max of the times is associative and commutative, so
+# bundles, workers and retried bundles' discarded outputs combine the same on every runner.
+Tally = tuple[int, float | None, float | None]
 
-    def __init__(self, keys_of: Callable[[Any], Iterable[str]], scale: int = 1) -> None:
-        self._keys_of = keys_of
-        self._scale = scale
+
+def merge_tallies(tallies: Iterable[Tally]) -> Tally:
+    count, first, last = 0, None, None
+    for n, f, t in tallies:
+        count += n
+        first = f if first is None or (f is not None and f < first) else first
+        last = t if last is None or (t is not None and t > last) else last
+    return count, first, last
+
+
+class _CountFn(beam.DoFn):
+    """Elements -> (key, tally) pairs, combined inside each bundle: the final sum receives one
+    element per key and bundle instead of one per record. `items_of(element)` names the keys
+    the element counts under and by how much."""
+
+    def __init__(self, items_of: Callable[[Any], Iterable[tuple[str, int]]]) -> None:
+        self._items_of = items_of
 
     def start_bundle(self) -> None:
-        self._counts: Counter[str] = Counter()
+        self._tallies: dict[str, list[Any]] = {}
 
     def process(self, element: Any) -> None:
-        for key in self._keys_of(element):
-            self._counts[key] += self._scale
+        now = time.time()
+        for key, n in self._items_of(element):
+            tally = self._tallies.get(key)
+            if tally is None:
+                self._tallies[key] = [n, now, now]
+            else:
+                tally[0] += n
+                tally[2] = now
 
     def finish_bundle(self) -> Iterator[Any]:
-        for key, count in self._counts.items():
-            yield GlobalWindows.windowed_value((key, count))
+        for key, (count, first, last) in self._tallies.items():
+            yield GlobalWindows.windowed_value((key, (count, first, last)))
+
+
+def _usage_items(stage: str, usage: ModelUsage) -> list[tuple[str, int]]:
+    prefix = f"{stage}/model"
+    items = [
+        (f"{prefix}/calls", 1),
+        (f"{prefix}/prompt_tokens", usage.prompt_tokens),
+        (f"{prefix}/completion_tokens", usage.completion_tokens),
+    ]
+    if usage.cached:
+        items.append((f"{prefix}/cached_calls", 1))
+    else:  # what the server computed in this run: the tokens per second are made of these
+        items.append((f"{prefix}/fresh_prompt_tokens", usage.prompt_tokens))
+        items.append((f"{prefix}/fresh_completion_tokens", usage.completion_tokens))
+    return items
+
+
+USAGE_KEYS = (
+    "calls",
+    "cached_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "fresh_prompt_tokens",
+    "fresh_completion_tokens",
+)
 
 
 class Accounting:
-    """Collects (key, count) PCollections; `write()` sums them into one JSON file."""
+    """Collects (key, tally) PCollections; `write()` combines them into one JSON file."""
 
     def __init__(self) -> None:
         self._parts: list[beam.PCollection] = []
@@ -148,17 +219,16 @@ class Accounting:
         self,
         pcoll: beam.PCollection,
         label: str,
-        keys_of: Callable[[Any], Iterable[str]],
-        scale: int = 1,
+        items_of: Callable[[Any], Iterable[tuple[str, int]]],
     ) -> None:
-        self._parts.append(pcoll | label.replace(".", "_") >> beam.ParDo(_CountFn(keys_of, scale)))
+        self._parts.append(pcoll | label.replace(".", "_") >> beam.ParDo(_CountFn(items_of)))
 
     def count(self, pcoll: beam.PCollection, stage: str, what: str, scale: int = 1) -> None:
         """Counts elements as `stage/what` (an explicit 0 for an empty PCollection); `scale`
         counts each element that many times (an instruction stands for its n samples)."""
         key = f"{stage}/{what}"
         self._keys.add(key)
-        self._add(pcoll, f"Count_{stage}_{what}", lambda _, k=(key,): k, scale)
+        self._add(pcoll, f"Count_{stage}_{what}", lambda _, k=key, n=scale: ((k, n),))
 
     def count_rejections(self, pcoll: beam.PCollection, stage: str) -> None:
         """Counts `stage/rejected` and `stage/rejected/<reason>`."""
@@ -167,43 +237,67 @@ class Accounting:
         self._add(
             pcoll,
             f"Count_{stage}_rejected",
-            lambda r, t=total: (t, f"{t}/{r.reason}"),
+            lambda r, t=total: ((t, 1), (f"{t}/{r.reason}", 1)),
         )
 
     def count_by(
         self,
         pcoll: beam.PCollection,
         stage: str,
-        group: Callable[[Any], str],
+        group: Callable[[Any], str | None],
         zero_keys: Iterable[str] = (),
+        what: str = "by",
     ) -> None:
-        """Counts `stage/by/<group(record)>` (e.g. category/difficulty/status); each of
-        `zero_keys` (a group) appears with an explicit 0 when nothing fell into it."""
-        self._keys.update(f"{stage}/by/{k}" for k in zero_keys)
-        self._add(pcoll, f"Count_{stage}_by", lambda r, s=stage, g=group: (f"{s}/by/{g(r)}",))
+        """Counts `stage/<what>/<group(record)>` (e.g. by/category/difficulty/status); a record
+        whose group is None is not counted; each of `zero_keys` (a group) appears with an
+        explicit 0 when nothing fell into it."""
+        self._keys.update(f"{stage}/{what}/{k}" for k in zero_keys)
+
+        def items(record: Any, s: str = stage, w: str = what) -> tuple[tuple[str, int], ...]:
+            name = group(record)
+            return () if name is None else ((f"{s}/{w}/{name}", 1),)
+
+        self._add(pcoll, f"Count_{stage}_{what}", items)
+
+    def count_usage(self, pcoll: beam.PCollection, stage: str, label: str = "") -> None:
+        """Counts `ModelUsage` elements as `stage/model/<calls, tokens...>`."""
+        self._keys.update(f"{stage}/model/{k}" for k in USAGE_KEYS)
+        self._add(pcoll, f"Count_{stage}_usage{label}", lambda u, s=stage: _usage_items(s, u))
 
     def count_stage(
         self, stage: str, inputs: beam.PCollection, outputs: StageOutputs, fan_out: int = 1
     ) -> None:
-        """in/out/rejected/errors of a stage. With `fan_out` n, each input and each dead
-        letter stands for the n records the input would have produced."""
+        """in/out/rejected/errors of a stage (and its model usage). With `fan_out` n, each
+        input and each dead letter stands for the n records the input would have produced."""
         self.count(inputs, stage, "in", fan_out)
         self.count(outputs.main, stage, "out")
         self.count_rejections(outputs.rejected, stage)
         self.count(outputs.errors, stage, "errors", fan_out)
+        for i, usage in enumerate(getattr(outputs, "usage", ())):
+            self.count_usage(usage, stage, str(i))
 
     def write(self, pipeline: beam.Pipeline, path_prefix: str) -> None:
         if not self._parts:
             return
-        zeros = pipeline | "CountKeys" >> beam.Create([(key, 0) for key in sorted(self._keys)])
+        zeros = pipeline | "CountKeys" >> beam.Create(
+            [(key, (0, None, None)) for key in sorted(self._keys)]
+        )
         (
             [zeros, *self._parts]
             | "FlattenCounts" >> beam.Flatten()
-            | "SumCounts" >> beam.CombinePerKey(sum)
-            | "CountsToJson" >> beam.Map(lambda kv: json.dumps({"key": kv[0], "count": kv[1]}))
+            | "SumCounts" >> beam.CombinePerKey(merge_tallies)
+            | "CountsToJson" >> beam.Map(_tally_json)
             | "WriteCounts"
             >> beam.io.WriteToText(path_prefix, file_name_suffix=".jsonl", num_shards=1)
         )
+
+
+def _tally_json(item: tuple[str, Tally]) -> str:
+    key, (count, first, last) = item
+    row: dict[str, Any] = {"key": key, "count": count}
+    if first is not None:
+        row.update(first=round(first, 3), last=round(last or first, 3))
+    return json.dumps(row)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +361,8 @@ class WriteStageOutputs(beam.PTransform):
         self.write_main = write_main
 
     def expand(self, outputs: tuple) -> None:  # type: ignore[override]
-        main, rejected, errors = outputs  # Beam may hand the NamedTuple over as a plain tuple
+        # Beam may hand the NamedTuple over as a plain tuple; its usage part is not written.
+        main, rejected, errors = outputs[0], outputs[1], outputs[2]
         if self.write_main:
             main | "WriteMain" >> WriteJsonl(f"{self.out_dir}/{self.stage}", self.num_shards)
         # Side outputs are sharded like the main one: one shard would put a whole run's

@@ -14,6 +14,8 @@ control decides how many of them are on the wire; while the engine is down they 
 `engine_down_max_s`) instead of turning into dead letters. Every element leaves
 exactly once: as outputs (main or rejected) or as a DeadLetter (client error, exhausted
 retries, dead engine, unexpected exception). Finish-bundle drains everything still pending.
+Each answered call also leaves a `ModelUsage` (tokens, cache hit) on the tagged `usage` output,
+which the stage's accounting counts.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_pipeline.progress import progress
 from beam_pipeline.records import DeadLetter, Record, Rejection, clip
-from beam_pipeline.stages.common import ERRORS, METRICS_NAMESPACE, REJECTED, StageFn
+from beam_pipeline.stages.common import (
+    ERRORS,
+    METRICS_NAMESPACE,
+    REJECTED,
+    USAGE,
+    ModelUsage,
+    StageFn,
+)
 from model_server.client import ClientConfig, CompletionResult, ModelClient, SamplingParams
 from model_server.serve import ServeConfig
 
@@ -193,6 +202,8 @@ class _Pending:
 class ModelCallFn(StageFn):
     """Batches in, one request per element, outputs routed as each answer arrives."""
 
+    EMITS_USAGE = True
+
     def __init__(self, stage: str, config: GenerationConfig) -> None:
         super().__init__(stage)
         self.config = config
@@ -263,7 +274,19 @@ class ModelCallFn(StageFn):
                 return
             for future in done:
                 pending = self._pending.pop(future)
+                yield from self._usage(pending)
                 yield from self._wrap(self._route(pending), pending.window, pending.timestamp)
+
+    @staticmethod
+    def _usage(pending: _Pending) -> Iterator[Any]:
+        """The answered call's tokens, tagged `usage` for the accounting."""
+        if pending.future.cancelled() or pending.future.exception() is not None:
+            return
+        result: CompletionResult = pending.future.result()
+        usage = ModelUsage(result.prompt_tokens, result.completion_tokens, result.cached)
+        yield beam.pvalue.TaggedOutput(
+            USAGE, WindowedValue(usage, pending.timestamp, (pending.window,))
+        )
 
     def _route(self, pending: _Pending) -> list[Any]:
         element = pending.element

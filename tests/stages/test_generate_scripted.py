@@ -157,7 +157,8 @@ def _chain(
         "responses": responses,
     }
     for stage, outputs in named.items():
-        for kind, pcoll in zip(("main", "rejected", "errors"), outputs, strict=True):
+        parts = (outputs.main, outputs.rejected, outputs.errors)
+        for kind, pcoll in zip(("main", "rejected", "errors"), parts, strict=True):
             _ = (
                 pcoll
                 | f"Json{stage}{kind}" >> beam.Map(lambda r: r.to_json())
