@@ -32,6 +32,8 @@ LINKS: tuple[tuple[str, str, str, str], ...] = (
     ("concepts", "out", "instructions", "in"),
     ("responses", "out", "execution", "in"),
     ("execution", "out", "final.format", "in"),
+    ("final", "out", "final.stats", "in"),
+    ("final", "out", "preference.pair", "in"),
 )
 
 

@@ -204,9 +204,7 @@ SEED_STEPS = (
 )
 FINAL_STEPS = (
     "final.format",
-    "final.unique_instruction",
-    "final.unique_response",
-    "final.unique_names",
+    "final.select",
     "final.near_dedup.instruction",
     "final.near_dedup.response",
     "final.near_dedup.code_representation_of",
@@ -217,9 +215,14 @@ FILE_REASONS = {"empty", "not_utf8", "binary", "too_large", "syntax_error", "too
 BY_REASON = {
     "seeds": {"duplicate": "seeds.exact_dedup", "over_max_seeds": "seeds.sample"},
     "final": {
-        "duplicate_instruction": "final.unique_instruction",
-        "duplicate_response": "final.unique_response",
-        "duplicate_defined_names": "final.unique_names",
+        reason: "final.select"
+        for reason in (
+            "duplicate_instruction",
+            "duplicate_response",
+            "duplicate_defined_names",
+            "first_block_unparsable",
+            "code_unparsable",
+        )
     },
 }
 
@@ -298,6 +301,17 @@ def expected_from_records(
         "functions": stages["seeds.filter"]["in"],
     }
     stages |= chain("final", FINAL_STEPS, n["execution"], n["final"], rejected.get("final", []))
+    # Every final pair gets its statistics; the preference pairs are made from them.
+    stages["final.stats"] = entry(n["final"], n["final"], [], 0)
+    pairs = len(read_jsonl_dir(out / "preference"))
+    by_stage: dict[str, list[dict]] = {}
+    for rejection in rejected.get("preference", []):
+        by_stage.setdefault(rejection["stage"], []).append(rejection)
+    contaminated = by_stage.pop("preference.decontaminate", [])
+    paired = n["final"] - len(by_stage.get("preference", []))
+    stages["preference.pair"] = entry(n["final"], paired, by_stage.get("preference", []), 0)
+    stages["preference.decontaminate"] = entry(paired, pairs, contaminated, 0)
+    stages["preference"] = {"out": pairs, "rejected_by_reason": {}, "handled": n["final"]}
     previous = n["seeds"]
     for stage in ("concepts", "instructions", "responses"):
         fan_out = N_SAMPLES if stage == "responses" else 1
