@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 AUTOIMPORT_TIMEOUT_S = 10
 
@@ -100,9 +100,11 @@ def check_batch(texts: Sequence[str]) -> list[Verdict]:
     return [Verdict(t, e) for t, e in zip(fixed, run_pyright(fixed), strict=True)]
 
 
-def check_with_bisect(texts: Sequence[str], check: object = None) -> list[Verdict | CheckerFailed]:
+def check_with_bisect(
+    texts: Sequence[str], check: Callable[[Sequence[str]], Sequence[Verdict]] | None = None
+) -> list[Verdict | CheckerFailed]:
     """Verdicts for every text; a failing batch is split in halves until single texts."""
-    run = check if callable(check) else check_batch
+    run = check or check_batch
     try:
         return list(run(texts))
     except CheckerFailed as exc:
