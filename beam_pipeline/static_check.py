@@ -67,12 +67,18 @@ def run_pyright(texts: Sequence[str], timeout_s: float = 300) -> list[tuple[str,
         for i, text in enumerate(texts):
             with open(os.path.join(tmp, f"s{i}.py"), "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")
+        # Pyright's defaults, as the method runs it: an empty config in the batch's own folder,
+        # so a project config in the working directory (ours relaxes rules for Beam glue)
+        # cannot change a verdict.
+        with open(os.path.join(tmp, "pyrightconfig.json"), "w", encoding="utf-8") as handle:
+            handle.write("{}\n")
         try:
             proc = subprocess.run(
                 [*pyright_command(), "--outputjson", "--pythonpath", sys.executable, tmp],
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
+                cwd=tmp,
             )
         except subprocess.TimeoutExpired as exc:
             raise CheckerFailed(f"pyright timed out after {timeout_s}s") from exc
