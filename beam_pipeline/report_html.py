@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import fsspec
 
@@ -489,10 +489,15 @@ def render(report: dict[str, Any], examples: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _open_text(path: str, mode: str) -> fsspec.core.OpenFile:
+    # fsspec.open returns one OpenFile; unannotated, it reads as `OpenFiles | ...` to a checker.
+    return cast(fsspec.core.OpenFile, fsspec.open(path, mode, encoding="utf-8"))
+
+
 def load_examples(output_dir: str, limit: int = 5) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for path in current_shards(f"{output_dir}/final"):
-        with fsspec.open(path, "r", encoding="utf-8") as handle:
+        with _open_text(path, "r") as handle:
             for line in handle:
                 if line.strip():
                     out.append(json.loads(line))
@@ -503,6 +508,6 @@ def load_examples(output_dir: str, limit: int = 5) -> list[dict[str, Any]]:
 
 def write_html(output_dir: str, report: dict[str, Any]) -> str:
     path = f"{output_dir}/report.html"
-    with fsspec.open(path, "w", encoding="utf-8") as handle:
+    with _open_text(path, "w") as handle:
         handle.write(render(report, load_examples(output_dir)))
     return path

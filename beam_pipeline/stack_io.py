@@ -26,7 +26,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import fsspec
 import pyarrow as pa
@@ -151,7 +151,7 @@ def protocol_of(url: str) -> str:
     return url.split("://", 1)[0] if "://" in url else "file"
 
 
-def storage_options(url: str, token: str | None) -> dict[str, object]:
+def storage_options(url: str, token: str | None) -> dict[str, Any]:
     """fsspec keyword arguments for `url`: the hub token for hf://, nothing otherwise."""
     return {"token": token} if token and protocol_of(url) == "hf" else {}
 
@@ -258,7 +258,8 @@ def split_rows(num_rows: int, rows_per_task: int, max_ranges: int) -> list[tuple
 
 
 def _open(path: str, token: str | None) -> fsspec.core.OpenFile:
-    return fsspec.open(path, "rb", **storage_options(path, token))
+    # fsspec.open returns one OpenFile; unannotated, it reads as `OpenFiles | ...` to a checker.
+    return cast(fsspec.core.OpenFile, fsspec.open(path, "rb", **storage_options(path, token)))
 
 
 def read_footer(path: str, token: str | None = None) -> pq.FileMetaData:

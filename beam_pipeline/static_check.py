@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 AUTOIMPORT_TIMEOUT_S = 10
 
@@ -67,12 +67,18 @@ def run_pyright(texts: Sequence[str], timeout_s: float = 300) -> list[tuple[str,
         for i, text in enumerate(texts):
             with open(os.path.join(tmp, f"s{i}.py"), "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")
+        # Pyright's defaults, as the method runs it: an empty config in the batch's own folder,
+        # so a project config in the working directory (ours relaxes rules for Beam glue)
+        # cannot change a verdict.
+        with open(os.path.join(tmp, "pyrightconfig.json"), "w", encoding="utf-8") as handle:
+            handle.write("{}\n")
         try:
             proc = subprocess.run(
                 [*pyright_command(), "--outputjson", "--pythonpath", sys.executable, tmp],
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
+                cwd=tmp,
             )
         except subprocess.TimeoutExpired as exc:
             raise CheckerFailed(f"pyright timed out after {timeout_s}s") from exc
@@ -100,9 +106,11 @@ def check_batch(texts: Sequence[str]) -> list[Verdict]:
     return [Verdict(t, e) for t, e in zip(fixed, run_pyright(fixed), strict=True)]
 
 
-def check_with_bisect(texts: Sequence[str], check: object = None) -> list[Verdict | CheckerFailed]:
+def check_with_bisect(
+    texts: Sequence[str], check: Callable[[Sequence[str]], Sequence[Verdict]] | None = None
+) -> list[Verdict | CheckerFailed]:
     """Verdicts for every text; a failing batch is split in halves until single texts."""
-    run = check if callable(check) else check_batch
+    run = check or check_batch
     try:
         return list(run(texts))
     except CheckerFailed as exc:

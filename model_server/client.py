@@ -169,6 +169,8 @@ class ClientConfig:
             raise ValueError("need 1 <= initial_limit <= max_limit")
         if self.engine_down_max_s < 0:
             raise ValueError("engine_down_max_s must be >= 0")
+        if self.health_failures_for_dead < 1:
+            raise ValueError("health_failures_for_dead must be >= 1")
 
 
 class AdmissionLimit:
@@ -671,7 +673,7 @@ class ModelClient:
                 completion_tokens=result.completion_tokens,
             )
             self.metrics.observe_latency(result.latency_s, result.queued_s)
-            if key is not None and len(result.choices) >= params.n:
+            if self.cache is not None and key is not None and len(result.choices) >= params.n:
                 await asyncio.to_thread(self.cache.put, key, self._to_cached(result))
         else:
             self.metrics.add(errors=1)
@@ -706,6 +708,7 @@ class ModelClient:
             attempt += 1
             self.metrics.add(requests=1)
             sent = time.monotonic()
+            result: CompletionResult | None = None
             outcome: Exception | None = None
             try:
                 result = await self._send_once(mode, prompt, params, text, attempt)
@@ -715,7 +718,7 @@ class ModelClient:
                 self._gate.release(params.n)
             elapsed = time.monotonic() - sent
             wire += elapsed
-            if outcome is None:
+            if result is not None:
                 self._observe(result, elapsed, params.n)
                 total = time.monotonic() - started
                 return dataclasses.replace(result, latency_s=wire, queued_s=total - wire)
@@ -847,7 +850,7 @@ class ModelClient:
     # -- admission control -----------------------------------------------------------
 
     def _set_limit(self) -> None:
-        self.metrics.limit = self.admission.limit
+        self.metrics.limit = self.admission.limit if self.admission is not None else math.inf
         self._gate.wake()
 
     def _observe(self, result: CompletionResult, seconds: float, n: int) -> None:
@@ -935,13 +938,16 @@ class ModelClient:
         await asyncio.shield(self._check)
 
     async def _run_check(self) -> None:
-        for i in range(self.config.health_failures_for_dead):
+        dead = 0
+        while True:
             state, detail = await self._probe(self.config.health_timeout_s)
             if state != DEAD:
                 return
-            if i + 1 < self.config.health_failures_for_dead:
-                await asyncio.sleep(1.0)
-        self._declare_down(detail)
+            dead += 1
+            if dead >= self.config.health_failures_for_dead:
+                self._declare_down(detail)
+                return
+            await asyncio.sleep(1.0)
 
     def _declare_down(self, detail: str) -> None:
         if self._down:

@@ -182,19 +182,13 @@ def server_env(
 
 def _ranges(cpus: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2,5'."""
-    parts: list[str] = []
-    start = prev = None
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive ids
     for cpu in cpus:
-        if start is None:
-            start = prev = cpu
-        elif cpu == prev + 1:
-            prev = cpu
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
         else:
-            parts.append(f"{start}-{prev}" if start != prev else str(start))
-            start = prev = cpu
-    if start is not None:
-        parts.append(f"{start}-{prev}" if start != prev else str(start))
-    return ",".join(parts)
+            runs.append([cpu, cpu])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
 
 
 def _tail(path: str | None, lines: int = 60) -> str:
@@ -306,8 +300,9 @@ class VLLMServer:
         with httpx.Client(timeout=5.0) as http:
             while time.monotonic() < deadline:
                 if not self.alive():
+                    code = self.process.returncode if self.process is not None else None
                     raise ServerStartError(
-                        f"vLLM exited during start-up (code {self.process.returncode}); "
+                        f"vLLM exited during start-up (code {code}); "
                         f"log {self.log_path}:\n{_tail(self.log_path)}"
                     )
                 try:

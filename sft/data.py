@@ -169,6 +169,7 @@ def iter_records(config: DataConfig) -> Iterator[tuple[str, dict[str, Any] | Rej
         return
     import datasets
 
+    assert config.hub_dataset is not None  # DataConfig: exactly one of path and hub_dataset
     rows = datasets.load_dataset(
         config.hub_dataset, split=config.hub_split, revision=config.hub_revision
     )
@@ -361,8 +362,9 @@ def build_dataset(
         if config.limit is not None and total >= config.limit:
             break
         total += 1
-        item = record if isinstance(record, Rejected) else None
-        if item is None:
+        if isinstance(record, Rejected):
+            item: Pair | Rejected = record
+        else:
             item = to_pair(source, record, config.instruction_field, config.response_field)
         if isinstance(item, Rejected):
             rejected.append(item)

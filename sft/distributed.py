@@ -112,12 +112,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 @contextlib.contextmanager
 def gradient_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
     """Skips the gradient all-reduce/reduce-scatter on all but the last micro-batch."""
-    if hasattr(model, "no_sync") and not sync:
-        with model.no_sync():
+    # getattr, not hasattr + attribute: nn.Module types unknown attributes as Tensor | Module.
+    no_sync = getattr(model, "no_sync", None)  # DDP
+    if no_sync is not None and not sync:
+        with no_sync():
             yield
         return
-    if hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(sync)
+    set_sync = getattr(model, "set_requires_gradient_sync", None)  # FSDP2
+    if set_sync is not None:
+        set_sync(sync)
     yield
 
 

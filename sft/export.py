@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from sft.distributed import DistEnv, unwrap
 from sft.template import DEFAULT_SYSTEM, chat_template
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def full_state_dict(model: torch.nn.Module, strategy: str) -> dict[str, torch.Tensor] | None:
+
+def full_state_dict(model: torch.nn.Module, strategy: str) -> dict[str, Any] | None:
     """The whole model's weights on CPU (gathered from shards under FSDP; every rank calls)."""
     if strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import (
@@ -40,9 +43,10 @@ def save_hf_folder(
     if not env.is_main:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    inner = unwrap(model)
+    # The module inside any DDP/FSDP wrapping is the Hugging Face model training started from.
+    inner = cast("PreTrainedModel", unwrap(model))
     inner.config.use_cache = True
-    inner.save_pretrained(out, state_dict=state, safe_serialization=True)
+    inner.save_pretrained(out, state_dict=state)  # safetensors is the default format
     if getattr(inner, "generation_config", None) is not None:
         inner.generation_config.eos_token_id = tokenizer.eos_token_id
         inner.generation_config.save_pretrained(out)

@@ -51,13 +51,12 @@ class Adafactor(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             for param in group["params"]:
-                if param.grad is None:
-                    continue
-                self._update(param, group)
+                if param.grad is not None:
+                    self._update(param, param.grad, group)
         return loss
 
-    def _update(self, param: torch.nn.Parameter, group: dict) -> None:
-        grad = param.grad.float()
+    def _update(self, param: torch.nn.Parameter, raw_grad: torch.Tensor, group: dict) -> None:
+        grad = raw_grad.float()
         state = self.state[param]
         factored = grad.dim() >= 2
         squared = grad * grad + group["eps"][0]

@@ -24,6 +24,17 @@ def _require_pyright() -> None:
         pytest.skip(str(exc))
 
 
+def test_verdicts_ignore_the_working_directorys_pyright_config(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _require_pyright()
+    wrong_type = 'def f(x: int) -> int:\n    """Id."""\n    return x\n\n\nf("a")'
+    (tmp_path / "pyproject.toml").write_text('[tool.pyright]\nreportArgumentType = "none"\n')
+    monkeypatch.chdir(tmp_path)
+    [errors] = static_check.run_pyright([wrong_type])
+    assert any("cannot be assigned to parameter" in e for e in errors)
+
+
 def test_real_pyright_batch_verdicts() -> None:
     _require_pyright()
     verdicts = static_check.check_batch([CLEAN, BROKEN])

@@ -217,7 +217,9 @@ def mbpp_items(rows: Iterable[dict[str, Any]]) -> list[BenchmarkItem]:
 def ds1000_items(rows: Iterable[dict[str, Any]]) -> list[BenchmarkItem]:
     items = []
     for index, row in enumerate(rows):
-        metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+        metadata = row.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
         item_id = row.get("problem_id", metadata.get("problem_id", index))
         prompt = _require(row, "prompt", "ds1000", index)
         items.append(BenchmarkItem("ds1000", str(item_id), "prompt", str(prompt or "")))

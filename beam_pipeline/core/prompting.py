@@ -94,7 +94,7 @@ def fewshot_pool() -> tuple[FewShotExample, ...]:
     """The hand-written pool, in file order (the order is part of the determinism)."""
     examples = []
     for raw in _load_toml("fewshot.toml")["example"]:
-        fields = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items()}
+        fields: dict[str, Any] = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items()}
         fields["concepts"] = split_concepts(fields["concepts"])
         examples.append(FewShotExample(**fields))
     return tuple(examples)

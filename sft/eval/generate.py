@@ -102,7 +102,11 @@ class TransformersGenerator:
             if self.tokenizer.pad_token_id is not None
             else self.tokenizer.eos_token_id
         )
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        # Any: transformers types this result as a class that fails its own `generate`
+        # protocol (GenerativePreTrainedModel) and its wrapped `to`.
+        self.model: Any = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, dtype)
+        )
         self.model.to(self.device).eval()
         self.batch_size = batch_size
 
