@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 
 _LANES = 64
+_RUN_BYTES = 1 << 15
 
 _U32 = np.uint32
 _M32 = np.uint64(0xFFFFFFFF)
@@ -397,15 +398,33 @@ def signatures(
     legacy: bool,
     out: np.ndarray,
 ) -> np.ndarray:
-    """Minimises every document's row of `out` over its shingles; returns the too-short mask."""
-    joined, starts, ends, keys, doc_tokens = join_tokens(buf, doc_offsets)
-    words = _big_endian_words(joined)
-    gram_starts, gram_ends, doc_shingles = distinct_shingles(
-        words, starts, ends, keys, doc_tokens, ngram
-    )
-    hashes = _sha1_hash32_words(words, gram_starts, gram_ends)
-    signatures_from_hashes(hashes, doc_shingles, a, b, legacy, out)
-    return doc_shingles[1:] == doc_shingles[:-1]
+    """Minimises every document's row of `out` over its shingles; returns the too-short mask.
+
+    Documents go through in runs of about `_RUN_BYTES` of text: the working arrays (about
+    40 bytes per byte of text) then stay in cache and are reused by the allocator, where
+    one pass over a whole batch writes tens of MB of fresh pages.
+    """
+    n_docs = len(doc_offsets) - 1
+    too_short = np.empty(n_docs, np.bool_)
+    first = 0
+    while first < n_docs:
+        last = first + 1
+        while last < n_docs and doc_offsets[last + 1] - doc_offsets[first] <= _RUN_BYTES:
+            last += 1
+        base = doc_offsets[first]
+        run_offsets = doc_offsets[first : last + 1] - base
+        joined, starts, ends, keys, doc_tokens = join_tokens(
+            buf[base : doc_offsets[last]], run_offsets
+        )
+        words = _big_endian_words(joined)
+        gram_starts, gram_ends, doc_shingles = distinct_shingles(
+            words, starts, ends, keys, doc_tokens, ngram
+        )
+        hashes = _sha1_hash32_words(words, gram_starts, gram_ends)
+        signatures_from_hashes(hashes, doc_shingles, a, b, legacy, out[first:last])
+        too_short[first:last] = doc_shingles[1:] == doc_shingles[:-1]
+        first = last
+    return too_short
 
 
 @njit(cache=True)

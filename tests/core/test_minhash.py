@@ -330,6 +330,8 @@ def test_repeated_shingles_are_hashed_once_and_signatures_are_unchanged() -> Non
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])
 def test_signatures_equal_datasketch_on_heavily_repeated_shingles(scheme: str) -> None:
     texts = _repetitive_texts(150, seed=37)
+    texts.insert(75, "\n".join(texts[:60]) * 2)  # more text than one compiled run takes
+    assert len(texts[75]) > 1 << 16
     hasher = MinHasher(scheme=scheme)
     signatures, too_short = hasher.signatures(texts + texts[:10])
     assert not too_short.any()
