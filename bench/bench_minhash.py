@@ -12,7 +12,7 @@ datasketch `update` once per shingle,
 datasketch `update_batch` once per document, rensa `RMinHash.update` per document and rensa's
 bulk `digest_matrix_from_token_sets`. Ours and datasketch give identical values (checked
 here too); rensa uses another hash, so its values differ. Prints the median docs/s of --runs
-and the ratios.
+(wall clock, and per CPU-second of the process) and the ratios.
 
 `stage`: `NearDedup` at 0.7 on --docs synthetic functions (10% planted near-duplicates)
 generated inside the pipeline, on FnApiRunner with --workers worker processes. Prints docs/s
@@ -164,10 +164,14 @@ def _rensa_bulk(texts: list[str]) -> object:
     return rensa.RMinHash.digest_matrix_from_token_sets(token_sets, num_perm=NUM_PERM, seed=1)
 
 
-def _rate(fn: Callable[[list[str]], object], texts: list[str]) -> float:
-    start = time.perf_counter()
+def _rate(fn: Callable[[list[str]], object], texts: list[str]) -> tuple[float, float]:
+    """(docs per second of wall clock, docs per CPU-second of this process)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     fn(texts)
-    return len(texts) / (time.perf_counter() - start)
+    return (
+        len(texts) / (time.perf_counter() - start),
+        len(texts) / (time.process_time() - cpu_start),
+    )
 
 
 def bench_signatures(docs: int, runs: int) -> None:
@@ -189,21 +193,25 @@ def bench_signatures(docs: int, runs: int) -> None:
         "rensa RMinHash.update per doc": _rensa_update,
         "rensa digest_matrix_from_token_sets": _rensa_bulk,
     }
-    rates: dict[str, list[float]] = {name: [] for name in methods}
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
     for _ in range(runs):  # interleaved, so load changes hit every method alike
         for name, fn in methods.items():
             rates[name].append(_rate(fn, texts))
-    medians = {name: statistics.median(r) for name, r in rates.items()}
+    wall = {name: statistics.median(r[0] for r in rs) for name, rs in rates.items()}
+    cpu = {name: statistics.median(r[1] for r in rs) for name, rs in rates.items()}
     print(
         f"docs: {docs}  shingles/doc: {grams / docs:.1f}  num_perm: {NUM_PERM}  runs: {runs}  "
         f"python: {sys.version.split()[0]}  datasketch: {datasketch.__version__}  "
-        f"numpy: {np.__version__}"
+        f"numpy: {np.__version__}  load average: {os.getloadavg()[0]:.1f}"
     )
-    ours_rate = medians[ours_name]
-    for name, median in medians.items():
-        runs_text = ", ".join(f"{r:.0f}" for r in rates[name])
+    # Docs per CPU-second of this process: other jobs on a shared machine disturb it less
+    # than the wall clock.
+    for name in methods:
+        runs_text = ", ".join(f"{r[0]:.0f}" for r in rates[name])
         print(
-            f"{name:38s} {median:9.0f} docs/s  ours/this: {ours_rate / median:6.2f}  [{runs_text}]"
+            f"{name:38s} {wall[name]:9.0f} docs/s  ours/this: {wall[ours_name] / wall[name]:6.2f}"
+            f"  {cpu[name]:9.0f} per CPU-s  ours/this: {cpu[ours_name] / cpu[name]:6.2f}"
+            f"  [{runs_text}]"
         )
 
 

@@ -17,8 +17,9 @@ own permutation draws: `(a * h + b) mod (2**61 - 1)`, truncated to 32 bits). Bot
 32-bit values, so signatures are `uint32` arrays either way.
 
 Two implementations give the same values. With numba (the default when it is importable),
-`minhash_numba` tokenises ASCII text, hashes each shingle as a slice of the document's joined
-tokens with its own SHA-1 and applies the permutations to the document's row, all compiled
+`minhash_numba` tokenises ASCII text, finds each document's distinct shingles as slices of its
+joined tokens, hashes each once with its own SHA-1 and applies the permutations to the
+document's row, all compiled
 (cached on disk, so the compile is paid once per machine, not per bundle); non-ASCII text is
 tokenised by Python first. Without numba, or with `SELFCODEALIGN_MINHASH_NUMBA=0`, the numpy
 path builds the shingle set with `hashlib.sha1`, hashes every shingle of a batch into one

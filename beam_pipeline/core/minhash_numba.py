@@ -10,7 +10,9 @@ on ASCII, empty tokens included. Other documents arrive already tokenised by Pyt
 lower-cased text with every non-word character replaced by one space); their bytes >= 0x80
 count as word bytes, so the same split gives back Python's tokens. With each separator written
 as one space, the buffer is the tokens joined by single spaces, so every shingle is a
-contiguous slice of it: hashed in place, never built as a bytes object.
+contiguous slice of it: compared and hashed in place, never built as a bytes object. Only
+each document's distinct slices are hashed: in code most shingle positions repeat an
+earlier shingle of the same document.
 
 SHA-1 runs on `_LANES` shingles side by side (all with the same number of 64-byte blocks), each
 step one loop over the lanes, which the compiler turns into SIMD instructions: a single
@@ -26,6 +28,7 @@ import numpy as np
 from numba import njit
 
 _LANES = 64
+_RUN_BYTES = 1 << 15
 
 _U32 = np.uint32
 _M32 = np.uint64(0xFFFFFFFF)
@@ -35,54 +38,69 @@ _U32_SHIFT = np.uint64(32)
 _HIGH_WORD = np.uint64(0xFFFFFFFF00000000)
 _FMIX_M1 = np.uint64(0x85EBCA6B)
 _FMIX_M2 = np.uint64(0xC2B2AE35)
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_COMBINE = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection mod 2**64
+_MIX_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_MIX_M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _SHA1_INIT = np.array([0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0], np.uint32)
 
 
-def _byte_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(is a word byte, the byte with ASCII letters lower-cased) for every byte value."""
+def _join_table() -> np.ndarray:
+    """Each byte as it appears in the joined tokens: ASCII letters lower-cased, word bytes
+    (`[A-Za-z0-9_]` and every byte >= 0x80) kept, every other byte a space."""
     codes = np.arange(256)
     lower = (codes >= ord("a")) & (codes <= ord("z"))
     upper = (codes >= ord("A")) & (codes <= ord("Z"))
     digit = (codes >= ord("0")) & (codes <= ord("9"))
     word = lower | upper | digit | (codes == ord("_")) | (codes >= 0x80)
-    return word, np.where(upper, codes + 32, codes).astype(np.uint8)
+    return np.where(word, np.where(upper, codes + 32, codes), 32).astype(np.uint8)
 
 
-_WORD_BYTE, _LOWER_BYTE = _byte_tables()
+_JOIN_BYTE = _join_table()
 
 
 @njit(cache=True)
 def join_tokens(
     buf: np.ndarray, doc_offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(joined, token starts, token ends, per-document token offsets) of a batch buffer.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(joined, token starts, token ends, token keys, per-document token offsets) of a batch.
 
     Every non-word byte ends a token, so a document with k separators has k + 1 tokens, empty
     ones included. `joined` is the document lower-cased with each separator replaced by one
     space: the tokens joined by single spaces, and the n-gram of tokens i..i+n-1 is
-    `joined[starts[i]:ends[i + n - 1]]`.
+    `joined[starts[i]:ends[i + n - 1]]`. A token's key is the 64-bit FNV-1a hash of its bytes.
     """
     n_docs = len(doc_offsets) - 1
     joined = np.empty(len(buf), np.uint8)
-    starts = np.empty(len(buf) + n_docs, np.int64)
     ends = np.empty(len(buf) + n_docs, np.int64)
     doc_tokens = np.zeros(n_docs + 1, np.int64)
     count = 0
     for d in range(n_docs):
-        starts[count] = doc_offsets[d]
         for p in range(doc_offsets[d], doc_offsets[d + 1]):
-            c = buf[p]
-            if _WORD_BYTE[c]:
-                joined[p] = _LOWER_BYTE[c]
-            else:
-                joined[p] = 32
-                ends[count] = p
-                count += 1
-                starts[count] = p + 1
+            # No branch on the byte: separators fall where a branch predictor cannot guess
+            # (a third of code bytes), so each byte stores a candidate end and a separator
+            # keeps it by moving on.
+            c = _JOIN_BYTE[buf[p]]
+            joined[p] = c
+            ends[count] = p
+            count += c == 32
         ends[count] = doc_offsets[d + 1]
         count += 1
         doc_tokens[d + 1] = count
-    return joined, starts[:count], ends[:count], doc_tokens
+    starts = np.empty(count, np.int64)
+    keys = np.empty(count, np.uint64)
+    for d in range(n_docs):
+        start = doc_offsets[d]
+        for i in range(doc_tokens[d], doc_tokens[d + 1]):
+            # A separate pass: folding the key into the byte loop above makes it 3x slower.
+            key = _FNV_OFFSET
+            for p in range(start, ends[i]):
+                key = (key ^ np.uint64(joined[p])) * _FNV_PRIME
+            starts[i] = start
+            keys[i] = key
+            start = ends[i] + 1
+    return joined, starts, ends[:count], keys, doc_tokens
 
 
 @njit(cache=True)
@@ -179,8 +197,13 @@ def _compress(h: np.ndarray, s: np.ndarray, w: np.ndarray, lanes: int) -> None:
 @njit(cache=True)
 def sha1_hash32_slices(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """datasketch's `sha1_hash32(data[s:e])` for every (s, e): digest bytes 0-3, little-endian."""
+    return _sha1_hash32_words(_big_endian_words(data), starts, ends)
+
+
+@njit(cache=True)
+def _sha1_hash32_words(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """`sha1_hash32_slices` of the data whose `_big_endian_words` are `words`."""
     n = len(starts)
-    words = _big_endian_words(data)
     lengths = ends - starts
     blocks = (lengths + 8) // 64 + 1  # the 0x80 byte and the 8-byte length must fit
     # Counting sort by block count: the lanes of one group all run the same number of blocks.
@@ -229,24 +252,98 @@ def sha1_hash32_slices(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -
 
 
 @njit(cache=True)
-def _shingle_slices(
-    starts: np.ndarray, ends: np.ndarray, doc_tokens: np.ndarray, ngram: int
+def _mix64(x: np.uint64) -> np.uint64:
+    """MurmurHash3's 64-bit finaliser: spreads every key bit over the table index bits."""
+    x = (x ^ (x >> np.uint64(33))) * _MIX_M1
+    x = (x ^ (x >> np.uint64(33))) * _MIX_M2
+    return x ^ (x >> np.uint64(33))
+
+
+@njit(cache=True)
+def _same_slices(words: np.ndarray, s1: int, e1: int, s2: int, e2: int) -> bool:
+    """data[s1:e1] == data[s2:e2], four bytes at a time on the data's `_big_endian_words`."""
+    length = e1 - s1
+    if e2 - s2 != length:
+        return False
+    q = 0
+    while q + 4 <= length and words[s1 + q] == words[s2 + q]:
+        q += 4
+    if q + 4 <= length:
+        return False
+    # 0-3 bytes left: compare the top bytes of the next word (zero past the end of the data).
+    keep = (_HIGH_WORD >> np.uint64(8 * (length - q))) & _M32
+    return (np.uint64(words[s1 + q] ^ words[s2 + q]) & keep) == 0
+
+
+@njit(cache=True)
+def distinct_shingles(
+    words: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    keys: np.ndarray,
+    doc_tokens: np.ndarray,
+    ngram: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(shingle starts, shingle ends, per-document shingle offsets) from token positions."""
+    """(starts, ends, per-document offsets) of every document's distinct shingle slices.
+
+    `words` are the joined tokens' `_big_endian_words`. Code repeats most of its shingles
+    (indentation makes runs of empty tokens), and a MinHash minimum over each distinct
+    shingle once is the minimum over all of them, so repeats need no SHA-1. A shingle's key
+    is a polynomial in its tokens' keys, rolled from one position to the next; an
+    open-addressing table per document holds the shingles seen so far, and one whose key is
+    in the table is compared with it byte for byte, so only an identical shingle is dropped.
+    """
     n_docs = len(doc_tokens) - 1
-    doc_shingles = np.zeros(n_docs + 1, np.int64)
+    largest = 0
+    total = 0
     for d in range(n_docs):
-        doc_shingles[d + 1] = doc_shingles[d] + max(
-            doc_tokens[d + 1] - doc_tokens[d] - ngram + 1, 0
-        )
-    gram_starts = np.empty(doc_shingles[n_docs], np.int64)
-    gram_ends = np.empty(doc_shingles[n_docs], np.int64)
+        positions = max(doc_tokens[d + 1] - doc_tokens[d] - ngram + 1, 0)
+        largest = max(largest, positions)
+        total += positions
+    capacity = 1
+    while capacity < 2 * largest:
+        capacity *= 2
+    owner = np.full(capacity, -1, np.int64)  # the document a slot belongs to: no clearing
+    slot_key = np.empty(capacity, np.uint64)
+    slot_token = np.empty(capacity, np.int64)
+    gram_starts = np.empty(total, np.int64)
+    gram_ends = np.empty(total, np.int64)
+    doc_shingles = np.zeros(n_docs + 1, np.int64)
+    top = np.uint64(1)  # _COMBINE ** (ngram - 1): the first token's factor
+    for _ in range(ngram - 1):
+        top *= _COMBINE
+    count = 0
     for d in range(n_docs):
         first = doc_tokens[d]
-        for j in range(doc_shingles[d + 1] - doc_shingles[d]):
-            gram_starts[doc_shingles[d] + j] = starts[first + j]
-            gram_ends[doc_shingles[d] + j] = ends[first + j + ngram - 1]
-    return gram_starts, gram_ends, doc_shingles
+        positions = doc_tokens[d + 1] - first - ngram + 1
+        size = 1
+        while size < 2 * positions:
+            size *= 2
+        mask = size - 1
+        key = np.uint64(0)
+        for j in range(first, first + min(ngram, doc_tokens[d + 1] - first)):
+            key = key * _COMBINE + keys[j]
+        for i in range(first, first + max(positions, 0)):
+            if i > first:
+                key = (key - keys[i - 1] * top) * _COMBINE + keys[i + ngram - 1]
+            slot = np.int64(_mix64(key) & np.uint64(mask))
+            start, end = starts[i], ends[i + ngram - 1]
+            while True:
+                if owner[slot] != d:
+                    owner[slot] = d
+                    slot_key[slot] = key
+                    slot_token[slot] = i
+                    gram_starts[count] = start
+                    gram_ends[count] = end
+                    count += 1
+                    break
+                if slot_key[slot] == key:
+                    k = slot_token[slot]
+                    if _same_slices(words, start, end, starts[k], ends[k + ngram - 1]):
+                        break
+                slot = (slot + 1) & mask
+        doc_shingles[d + 1] = count
+    return gram_starts[:count], gram_ends[:count], doc_shingles
 
 
 @njit(cache=True)
@@ -301,50 +398,43 @@ def signatures(
     legacy: bool,
     out: np.ndarray,
 ) -> np.ndarray:
-    """Minimises every document's row of `out` over its shingles; returns the too-short mask."""
-    joined, starts, ends, doc_tokens = join_tokens(buf, doc_offsets)
-    gram_starts, gram_ends, doc_shingles = _shingle_slices(starts, ends, doc_tokens, ngram)
-    hashes = sha1_hash32_slices(joined, gram_starts, gram_ends)
-    signatures_from_hashes(hashes, doc_shingles, a, b, legacy, out)
-    return doc_shingles[1:] == doc_shingles[:-1]
+    """Minimises every document's row of `out` over its shingles; returns the too-short mask.
+
+    Documents go through in runs of about `_RUN_BYTES` of text: the working arrays (about
+    40 bytes per byte of text) then stay in cache and are reused by the allocator, where
+    one pass over a whole batch writes tens of MB of fresh pages.
+    """
+    n_docs = len(doc_offsets) - 1
+    too_short = np.empty(n_docs, np.bool_)
+    first = 0
+    while first < n_docs:
+        last = first + 1
+        while last < n_docs and doc_offsets[last + 1] - doc_offsets[first] <= _RUN_BYTES:
+            last += 1
+        base = doc_offsets[first]
+        run_offsets = doc_offsets[first : last + 1] - base
+        joined, starts, ends, keys, doc_tokens = join_tokens(
+            buf[base : doc_offsets[last]], run_offsets
+        )
+        words = _big_endian_words(joined)
+        gram_starts, gram_ends, doc_shingles = distinct_shingles(
+            words, starts, ends, keys, doc_tokens, ngram
+        )
+        hashes = _sha1_hash32_words(words, gram_starts, gram_ends)
+        signatures_from_hashes(hashes, doc_shingles, a, b, legacy, out[first:last])
+        too_short[first:last] = doc_shingles[1:] == doc_shingles[:-1]
+        first = last
+    return too_short
 
 
 @njit(cache=True)
 def distinct_shingle_hashes(buf: np.ndarray, ngram: int) -> np.ndarray:
     """Sorted hashes of one document's distinct shingles (empty when it is too short).
 
-    Shingles are compared by their bytes, not their hashes, so two different shingles whose
+    Shingles are told apart by their bytes, not their hashes, so two different shingles whose
     32-bit hashes collide both count, as in a set of shingles.
     """
-    joined, starts, ends, doc_tokens = join_tokens(buf, np.array([0, len(buf)], np.int64))
-    gram_starts, gram_ends, _ = _shingle_slices(starts, ends, doc_tokens, ngram)
-    count = len(gram_starts)
-    hashes = sha1_hash32_slices(joined, gram_starts, gram_ends)
-    order = np.argsort(hashes, kind="mergesort")
-    out = np.empty(count, np.uint32)
-    kept = np.empty(count, np.int64)  # the distinct shingles among the current equal hashes
-    n_out = 0
-    run_start = 0
-    while run_start < count:
-        value = hashes[order[run_start]]
-        run_end = run_start + 1
-        while run_end < count and hashes[order[run_end]] == value:
-            run_end += 1
-        n_kept = 0
-        for j in range(run_start, run_end):
-            g = order[j]
-            new = True
-            for r in range(n_kept):
-                k = kept[r]
-                if np.array_equal(
-                    joined[gram_starts[g] : gram_ends[g]], joined[gram_starts[k] : gram_ends[k]]
-                ):
-                    new = False
-                    break
-            if new:
-                kept[n_kept] = g
-                n_kept += 1
-                out[n_out] = value
-                n_out += 1
-        run_start = run_end
-    return out[:n_out]
+    joined, starts, ends, keys, doc_tokens = join_tokens(buf, np.array([0, len(buf)], np.int64))
+    words = _big_endian_words(joined)
+    gram_starts, gram_ends, _ = distinct_shingles(words, starts, ends, keys, doc_tokens, ngram)
+    return np.sort(_sha1_hash32_words(words, gram_starts, gram_ends))

@@ -116,6 +116,7 @@ def _datasketch(text: str, num_perm: int, seed: int, scheme: str, batch: bool = 
 
 
 NUMBA_KERNELS = minhash.kernels
+needs_numba = pytest.mark.skipif(NUMBA_KERNELS is None, reason="numba is not importable here")
 
 
 @pytest.fixture(params=["numba", "numpy"])
@@ -280,6 +281,87 @@ def test_signatures_equal_datasketch_update_per_shingle(scheme: str) -> None:
         assert np.array_equal(signature.astype(np.uint64), expected)
 
 
+def _repetitive_texts(count: int, seed: int) -> list[str]:
+    """Code whose shingles repeat many times: deep indentation, repeated lines and blocks,
+    runs of punctuation, shingles differing only in their last byte."""
+    rng = random.Random(seed)
+    texts = []
+    for index in range(count):
+        lines = []
+        for depth in range(rng.randint(1, 14)):
+            indent = rng.choice([" " * 4, "\t", " " * 2]) * depth
+            body = rng.choice(
+                [
+                    f"x{rng.randint(0, 3)} = f(x, y)",
+                    "}" * rng.randint(1, 30),
+                    f"# {'-' * rng.randint(0, 60)}",
+                    "",
+                    f"value_{rng.choice('abcd')}{rng.choice('abcd')}",
+                    "Straße = ΟΔΟΣ(x)" if index % 4 == 0 else "return None",
+                ]
+            )
+            lines += [indent + body] * rng.randint(1, 8)
+        block = "\n".join(lines)
+        texts.append((block + "\n") * rng.randint(1, 4))
+    return texts
+
+
+@needs_numba
+def test_repeated_shingles_are_hashed_once_and_signatures_are_unchanged() -> None:
+    texts = _repetitive_texts(150, seed=31)
+    positions = sum(max(len(tokenize(t)) - 4, 0) for t in texts)
+    distinct = [shingles(t) for t in texts]
+    assert positions > 8 * sum(map(len, distinct))  # repetition is what this test is about
+    hasher = MinHasher()
+    buf, offsets = minhash._batch_buffer(texts + texts[:20])  # texts seen twice in one batch
+    joined, starts, ends, keys, doc_tokens = NUMBA_KERNELS.join_tokens(buf, offsets)
+    words = NUMBA_KERNELS._big_endian_words(joined)
+    gram_starts, gram_ends, doc_shingles = NUMBA_KERNELS.distinct_shingles(
+        words, starts, ends, keys, doc_tokens, hasher.ngram
+    )
+    data = joined.tobytes()
+    for d, expected in enumerate(distinct + distinct[:20]):
+        rows = range(doc_shingles[d], doc_shingles[d + 1])
+        found = [data[gram_starts[r] : gram_ends[r]] for r in rows]
+        assert len(found) == len(set(found)) and set(found) == expected
+
+
+@pytest.mark.usefixtures("backend")
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+def test_signatures_equal_datasketch_on_heavily_repeated_shingles(scheme: str) -> None:
+    texts = _repetitive_texts(150, seed=37)
+    texts.insert(75, "\n".join(texts[:60]) * 2)  # more text than one compiled run takes
+    assert len(texts[75]) > 1 << 16
+    hasher = MinHasher(scheme=scheme)
+    signatures, too_short = hasher.signatures(texts + texts[:10])
+    assert not too_short.any()
+    assert np.array_equal(signatures[-10:], signatures[:10])
+    for text, signature in zip(texts, signatures, strict=False):
+        assert np.array_equal(signature.astype(np.uint64), _datasketch(text, 250, 1, scheme))
+    for text in texts[:40]:
+        expected = sorted(datasketch.hashfunc.sha1_hash32(g) for g in shingles(text))
+        assert hasher.hashes(text).tolist() == expected
+
+
+@needs_numba
+def test_slice_comparison_sees_every_byte() -> None:
+    rng = random.Random(41)
+    pieces = [bytes(rng.choices(b"ab", k=n)) for n in range(14) for _ in range(6)]
+    data = b"".join(pieces)
+    words = NUMBA_KERNELS._big_endian_words(np.frombuffer(data, np.uint8))
+    bounds, start = [], 0
+    for piece in pieces:
+        bounds.append((start, start + len(piece)))
+        start += len(piece)
+    pairs = 0
+    for s1, e1 in bounds:
+        for s2, e2 in bounds:
+            same = NUMBA_KERNELS._same_slices(words, s1, e1, s2, e2)
+            assert same == (data[s1:e1] == data[s2:e2]), (data[s1:e1], data[s2:e2])
+            pairs += same and (s1, e1) != (s2, e2)
+    assert pairs > 20  # equal pieces at different offsets were compared
+
+
 def test_default_is_datasketch_default() -> None:
     text = TEXTS[0]
     sketch = datasketch.MinHash(num_perm=250)
@@ -307,9 +389,6 @@ def test_empty_batch() -> None:
     signatures, too_short = MinHasher(num_perm=16).signatures([])
     assert signatures.shape == (0, 16) and too_short.shape == (0,)
     assert MinHasher(num_perm=16).signatures_from_hashes([]).shape == (0, 16)
-
-
-needs_numba = pytest.mark.skipif(NUMBA_KERNELS is None, reason="numba is not importable here")
 
 
 @needs_numba
