@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any
 
 import fsspec
@@ -31,12 +32,21 @@ class InstructionsError(ValueError):
     """An instructions input that cannot be read at all; the message says which and why."""
 
 
+class RowReason(StrEnum):
+    """Why a row of an instructions file is not an instruction."""
+
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    BAD_INSTRUCTION = "bad_instruction"
+    EMPTY_INSTRUCTION = "empty_instruction"
+
+
 @dataclasses.dataclass(frozen=True)
 class RowOutcome:
     """One row: an Instruction, or a reason and detail why it is not one."""
 
     instruction: Instruction | None
-    reason: str = ""
+    reason: RowReason | None = None
     detail: str = ""
     row_id: str = ""
 
@@ -105,14 +115,14 @@ def check_instruction_files(patterns: list[str]) -> list[str]:
 def instruction_of(row: Any, source: str) -> RowOutcome:
     """A row (any JSON value) -> an Instruction, or the reason it is not one."""
     if not isinstance(row, dict):
-        return RowOutcome(None, "not_an_object", f"{source}: {type(row).__name__}", source)
+        return RowOutcome(None, RowReason.NOT_AN_OBJECT, f"{source}: {type(row).__name__}", source)
     text = row.get(COLUMN)
     if not isinstance(text, str):
         return RowOutcome(
-            None, "bad_instruction", f"{source}: {COLUMN} is {type(text).__name__}", source
+            None, RowReason.BAD_INSTRUCTION, f"{source}: {COLUMN} is {type(text).__name__}", source
         )
     if not text.strip():
-        return RowOutcome(None, "empty_instruction", source, source)
+        return RowOutcome(None, RowReason.EMPTY_INSTRUCTION, source, source)
     extra = {k: v for k, v in row.items() if k != COLUMN and k not in KNOWN}
     provenance = json.dumps({"source": source, **extra}, ensure_ascii=False, default=str)
     record = Instruction(
@@ -158,6 +168,6 @@ class _BadLine:
 def outcomes_of(path: str) -> Iterator[RowOutcome]:
     for row, source in rows_of(path):
         if isinstance(row, _BadLine):
-            yield RowOutcome(None, "not_json", f"{source}: {row.error}", source)
+            yield RowOutcome(None, RowReason.NOT_JSON, f"{source}: {row.error}", source)
         else:
             yield instruction_of(row, source)

@@ -20,6 +20,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import traceback
+from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from beam_pipeline.core import prompting
@@ -58,13 +61,7 @@ class Record:
         return out
 
     def to_json(self) -> str:
-        data = self.to_dict()
-        text = json.dumps(data, ensure_ascii=False)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # undecodable input bytes kept as surrogate escapes
-            text = json.dumps(data, ensure_ascii=True)
-        return text
+        return _dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -309,28 +306,42 @@ class PreferencePair(Record):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Rejection(Record):
-    """An expected outcome that removes a record: counted, written, never an exception."""
+    """An expected outcome that removes a record: counted, written, never an exception.
+
+    It carries a bounded `excerpt` of its input, not the input: at full scale there are
+    millions of rejections. The whole input is in the stage's input under the same id
+    (docs/schema.md)."""
 
     KIND: ClassVar[str] = "rejection"
 
     stage: str
-    reason: str
+    reason: str  # a StrEnum member's value
     detail: str = ""
-    record: str = ""  # JSON of the rejected input record (may be truncated for huge inputs)
+    excerpt: str = ""  # the input's JSON, clipped to REJECTION_EXCERPT_CHARS (`clip_json`)
 
     @classmethod
     def of(
-        cls, stage: str, reason: str, record: Record | str, detail: str = "", record_id: str = ""
+        cls,
+        stage: str,
+        reason: StrEnum,
+        record: Record | str,
+        detail: str = "",
+        record_id: str = "",
     ) -> Rejection:
+        """A rejection of `record` (or of an input known only by `record_id`), under
+        `record_id` when given (e.g. a sample of the rejected instruction)."""
         if isinstance(record, Record):
-            return cls(
-                id=record.id,
-                stage=stage,
-                reason=reason,
-                detail=detail,
-                record=clip(record.to_json()),
-            )
-        return cls(id=record_id, stage=stage, reason=reason, detail=detail, record=clip(record))
+            record_id = record_id or record.id
+            excerpt = clip_json(record.to_dict(), REJECTION_EXCERPT_CHARS)
+        else:
+            excerpt = clip(record, REJECTION_EXCERPT_CHARS)
+        return cls(
+            id=record_id,
+            stage=stage,
+            reason=str(reason),
+            detail=clip(detail, MESSAGE_CHARS),
+            excerpt=excerpt,
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -342,7 +353,38 @@ class DeadLetter(Record):
     stage: str
     error: str
     traceback: str = ""
-    record: str = ""
+    record: str = ""  # the input's JSON, clipped to DEAD_LETTER_RECORD_CHARS (`clip_json`)
+
+    @classmethod
+    def of(
+        cls, stage: str, element: Any, error: BaseException | str, record_id: str = ""
+    ) -> DeadLetter:
+        """A dead letter for `element` (a record, or any value a step received); `error` is
+        the exception (its traceback is kept) or a message."""
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+            trace = "".join(traceback.format_exception(error))
+        else:
+            message, trace = error, ""
+        if isinstance(element, Record):
+            record_id = record_id or element.id
+            payload = clip_json(element.to_dict(), DEAD_LETTER_RECORD_CHARS)
+        elif isinstance(element, str):
+            payload = clip(element, DEAD_LETTER_RECORD_CHARS)
+        else:
+            if not record_id and not isinstance(element, tuple):
+                record_id = str(getattr(element, "id", ""))
+            try:
+                payload = clip_json(element, DEAD_LETTER_RECORD_CHARS)
+            except Exception:  # e.g. a value that refers to itself
+                payload = clip(repr(element), DEAD_LETTER_RECORD_CHARS)
+        return cls(
+            id=record_id,
+            stage=stage,
+            error=clip(message, MESSAGE_CHARS),
+            traceback=clip(trace, TRACEBACK_CHARS),
+            record=payload,
+        )
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
@@ -362,11 +404,58 @@ RECORD_TYPES: dict[str, type[Record]] = {
     )
 }
 
-MAX_RECORD_CHARS = 200_000
+# How much of its input a side record keeps. A rejection only needs to show what was
+# rejected (its input is in the stage's input, by id); a dead letter's input is needed for a
+# rerun, and dead letters are rare.
+REJECTION_EXCERPT_CHARS = 1_000
+DEAD_LETTER_RECORD_CHARS = 200_000
+MESSAGE_CHARS = 2_000  # a rejection's detail, a dead letter's error
+TRACEBACK_CHARS = 20_000
 
 
-def clip(text: str, limit: int = MAX_RECORD_CHARS) -> str:
-    """Keeps rejection payloads bounded (a 50 MB file must not become a 50 MB JSON line)."""
+def _dumps(data: Any, default: Callable[[Any], Any] | None = None) -> str:
+    text = json.dumps(data, ensure_ascii=False, default=default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable input bytes kept as surrogate escapes
+        text = json.dumps(data, ensure_ascii=True, default=default)
+    return text
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with a mark saying how many were cut."""
     if len(text) <= limit:
         return text
     return text[:limit] + f"...[{len(text) - limit} chars clipped]"
+
+
+def _clip_strings(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return clip(value, limit)
+    if isinstance(value, list | tuple):
+        return [_clip_strings(item, limit) for item in value]
+    if isinstance(value, dict):
+        return {key: _clip_strings(item, limit) for key, item in value.items()}
+    return value
+
+
+def clip_json(data: Any, limit: int) -> str:
+    """JSON of `data` in about `limit` characters, still valid JSON: every string is clipped
+    to the longest length that fits, so the short fields (ids, paths, statuses) survive whole
+    and only the long texts are cut. Only data whose short parts alone exceed `limit` has its
+    JSON text clipped instead."""
+    text = _dumps(data, repr)
+    if len(text) <= limit:
+        return text
+    low, high = 0, limit  # a string longer than `limit` cannot stay whole
+    best = _dumps(_clip_strings(data, 0), repr)
+    if len(best) > limit:
+        return clip(best, limit)
+    while low < high:  # the longest per-string length whose JSON fits
+        middle = (low + high + 1) // 2
+        candidate = _dumps(_clip_strings(data, middle), repr)
+        if len(candidate) <= limit:
+            low, best = middle, candidate
+        else:
+            high = middle - 1
+    return best

@@ -15,6 +15,7 @@ import pytest
 from beam_pipeline.main import build, run
 from beam_pipeline.options import SelfCodeAlignOptions
 from beam_pipeline.progress import ENV_INTERVAL
+from beam_pipeline.records import REJECTION_EXCERPT_CHARS
 from beam_pipeline.stages.common import Accounting
 from tests.conftest import FNAPI, MULTIPROCESS, REPO
 from tests.fixtures.bad_inputs import write_bad_shard
@@ -58,7 +59,10 @@ def test_bad_inputs_are_counted_never_lost(tmp_path: pathlib.Path) -> None:
     assert len(rejected) == extract["rejected"] + filt["rejected"] + 1
     assert all(r["stage"] == "seeds" and r["reason"] for r in rejected)
     huge = next(r for r in rejected if r["reason"] == "too_large")
-    assert len(huge["record"]) < 300_000  # payload clipped, not 50 MB
+    # a bounded excerpt, not 50 MB; still JSON, with the short fields that name the file whole
+    assert len(huge["excerpt"]) <= REJECTION_EXCERPT_CHARS
+    assert json.loads(huge["excerpt"])["id"] == huge["id"]
+    assert json.loads(huge["excerpt"])["path"].endswith(".py")
 
 
 def test_bundled_shard_same_seed_ids_on_fnapi_and_two_processes(

@@ -1,4 +1,5 @@
-"""Record schema: concepts as a list, no stored prompts, prompts rebuilt from the fields."""
+"""Record schema: concepts as a list, no stored prompts, prompts rebuilt from the fields; the
+side records' constructors and their one clipping rule."""
 
 from __future__ import annotations
 
@@ -8,7 +9,21 @@ import json
 import pytest
 
 from beam_pipeline.core import prompting
-from beam_pipeline.records import Concepts, Execution, FinalPair, Instruction, Sample, Seed
+from beam_pipeline.core.seeds import SeedReason
+from beam_pipeline.records import (
+    DEAD_LETTER_RECORD_CHARS,
+    REJECTION_EXCERPT_CHARS,
+    Concepts,
+    DeadLetter,
+    Execution,
+    FinalPair,
+    Instruction,
+    Rejection,
+    Sample,
+    Seed,
+    SourceFile,
+    clip_json,
+)
 
 SEED = (
     'def scale(xs, k):\n    """Multiply every item of xs by k."""\n    return [x * k for x in xs]'
@@ -118,3 +133,67 @@ def test_unknown_example_id_says_the_prompt_data_changed() -> None:
         _ = broken.concepts_prompt
     with pytest.raises(ValueError, match="no prompt"):
         prompting.rebuild_prompt(sample, "execution")
+
+
+def _big_file(size: int) -> SourceFile:
+    return SourceFile(
+        id="f1", content="x = 1\n" * (size // 6), path="pkg/mod.py", source="shard-3.parquet:17"
+    )
+
+
+@pytest.mark.parametrize("size", [10, 5_000, 3_000_000])
+def test_clip_json_stays_valid_json_and_keeps_the_short_fields(size: int) -> None:
+    record = _big_file(size)
+    for limit in (REJECTION_EXCERPT_CHARS, DEAD_LETTER_RECORD_CHARS):
+        text = clip_json(record.to_dict(), limit)
+        assert len(text) <= max(limit, len(record.to_json()))
+        data = json.loads(text)
+        assert (data["id"], data["path"], data["source"]) == ("f1", "pkg/mod.py", record.source)
+        if len(record.to_json()) <= limit:
+            assert text == record.to_json()  # what fits is kept whole
+        else:
+            assert data["content"].startswith("x = 1\n")
+            assert data["content"].endswith("chars clipped]")
+
+
+def test_clip_json_of_a_value_with_only_short_parts_is_clipped_as_text() -> None:
+    text = clip_json(list(range(10_000)), 100)
+    assert text.startswith("[0, 1, 2") and text.endswith("chars clipped]")
+    assert len(text) < 140
+
+
+def test_rejection_of_a_record_keeps_a_bounded_excerpt_under_its_id() -> None:
+    rejection = Rejection.of("seeds", SeedReason.TOO_LONG, _big_file(1_000_000), "d" * 10_000)
+    assert (rejection.id, rejection.stage, rejection.reason) == ("f1", "seeds", "too_long")
+    assert type(rejection.reason) is str  # the enum's value: JSON and equality unchanged
+    assert len(rejection.excerpt) <= REJECTION_EXCERPT_CHARS
+    assert json.loads(rejection.excerpt)["path"] == "pkg/mod.py"
+    assert len(rejection.detail) < 2_100
+    line = json.loads(rejection.to_json())
+    assert set(line) == {"id", "stage", "reason", "detail", "excerpt"}
+    sample = Rejection.of("responses", SeedReason.TOO_LONG, _big_file(10), record_id="f1.3")
+    assert sample.id == "f1.3"  # a sample's rejection is under the sample's id
+    known_by_id = Rejection.of("preference", SeedReason.TOO_LONG, "", record_id="p1")
+    assert (known_by_id.id, known_by_id.excerpt) == ("p1", "")
+
+
+def test_dead_letter_of_an_exception_keeps_its_traceback_and_the_record() -> None:
+    record = _big_file(300_000)
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        letter = DeadLetter.of("seeds", record, exc)
+    assert (letter.id, letter.stage, letter.error) == ("f1", "seeds", "ValueError: boom")
+    assert "Traceback" in letter.traceback and "boom" in letter.traceback
+    assert len(letter.record) <= DEAD_LETTER_RECORD_CHARS
+    assert json.loads(letter.record)["source"] == record.source
+    small = _big_file(60)
+    assert DeadLetter.of("seeds", small, "x").record == small.to_json()  # rerunnable as is
+
+
+def test_dead_letter_of_any_element() -> None:
+    letter = DeadLetter.of("read", "gs://b/*.parquet", "no input", "gs://b/*.parquet")
+    assert (letter.id, letter.record, letter.traceback) == ("gs://b/*.parquet",) * 2 + ("",)
+    pair = DeadLetter.of("final", (_big_file(10), "src"), "e" * 5_000)
+    assert pair.id == "" and len(pair.error) < 2_100
+    assert "pkg/mod.py" in pair.record

@@ -49,6 +49,7 @@ class SeedReason(StrEnum):
     BANNED_IMPORT = "banned_import"
     DUPLICATE = "duplicate"
     STATIC_CHECK_FAILED = "static_check_failed"
+    OVER_MAX_SEEDS = "over_max_seeds"  # beyond --max_seeds
 
 
 @dataclasses.dataclass(frozen=True)

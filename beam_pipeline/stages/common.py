@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import json
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_pipeline.progress import progress
-from beam_pipeline.records import DeadLetter, Record, Rejection, clip
+from beam_pipeline.records import DeadLetter, Record, Rejection
 from beam_pipeline.shards import current_shards
 
 METRICS_NAMESPACE = "selfcodealign"
@@ -57,17 +57,6 @@ class ModelUsage(NamedTuple):
     cached: bool
 
 
-def _describe(element: Any) -> tuple[str, str]:
-    """Id and JSON of an arbitrary element, for a dead letter."""
-    if isinstance(element, Record):
-        return element.id, clip(element.to_json())
-    element_id = str(getattr(element, "id", "")) if not isinstance(element, tuple) else ""
-    try:
-        return element_id, clip(json.dumps(element, default=repr, ensure_ascii=False))
-    except Exception:
-        return element_id, clip(repr(element))
-
-
 class StageFn(beam.DoFn):
     """Routes `handle()`'s yields to main/rejected, exceptions to errors; counts each."""
 
@@ -82,40 +71,33 @@ class StageFn(beam.DoFn):
         self._rejected = Metrics.counter(METRICS_NAMESPACE, f"{self.step}_rejected")
         self._errors = Metrics.counter(METRICS_NAMESPACE, f"{self.step}_errors")
 
-    def handle(self, element: Any) -> Iterable[Any]:
+    def handle(self, element: Any, /) -> Iterable[Any]:
         raise NotImplementedError(f"{type(self).__name__} must implement handle()")
 
     def process(self, element: Any) -> Iterator[Any]:
         try:
             results = list(self.handle(element))
-        except Exception as exc:
-            self._errors.inc()
-            progress().note(self.step, "errors")
-            element_id, payload = _describe(element)
-            yield beam.pvalue.TaggedOutput(
-                ERRORS,
-                DeadLetter(
-                    id=element_id,
-                    stage=self.stage,
-                    error=f"{type(exc).__name__}: {exc}"[:2000],
-                    traceback=clip(traceback.format_exc(), 20_000),
-                    record=payload,
-                ),
-            )
-            return
-        for result in results:
-            if isinstance(result, Rejection):
-                self._rejected.inc()
-                progress().note(self.step, "rejected")
-                yield beam.pvalue.TaggedOutput(REJECTED, result)
-            elif isinstance(result, DeadLetter):
-                self._errors.inc()
-                progress().note(self.step, "errors")
-                yield beam.pvalue.TaggedOutput(ERRORS, result)
+        except Exception as exc:  # the element's partial outputs are dropped with it
+            results = [DeadLetter.of(self.stage, element, exc)]
+        yield from self.route(results)
+
+    def route(
+        self, outputs: Iterable[Any], window: Any = None, timestamp: Any = None
+    ) -> Iterator[Any]:
+        """The one router: a Rejection to `rejected`, a DeadLetter to `errors`, anything else
+        to the main output, each counted. With a window (outputs emitted outside `process`,
+        e.g. in `finish_bundle`) each value is windowed explicitly."""
+        for out in outputs:
+            if isinstance(out, Rejection):
+                tag, counter, event = REJECTED, self._rejected, "rejected"
+            elif isinstance(out, DeadLetter):
+                tag, counter, event = ERRORS, self._errors, "errors"
             else:
-                self._out.inc()
-                progress().note(self.step, "out")
-                yield result
+                tag, counter, event = None, self._out, "out"
+            counter.inc()
+            progress().note(self.step, event)
+            value = out if window is None else WindowedValue(out, timestamp, (window,))
+            yield value if tag is None else beam.pvalue.TaggedOutput(tag, value)
 
 
 def apply_stage_fn(pcoll: beam.PCollection, label: str, fn: StageFn) -> StageOutputs:

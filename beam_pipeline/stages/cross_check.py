@@ -24,7 +24,7 @@ from apache_beam.metrics import Metrics
 
 from beam_pipeline.core import cross_check as core
 from beam_pipeline.core.selection import candidate_problem
-from beam_pipeline.records import CrossCheckProgram, DeadLetter, Execution, clip
+from beam_pipeline.records import CrossCheckProgram, DeadLetter, Execution
 from beam_pipeline.stages.common import (
     METRICS_NAMESPACE,
     Accounting,
@@ -92,12 +92,7 @@ class RunChecksFn(RunProgramsFn):
 
 
 def _dead_letter(program: CrossCheckProgram, message: str) -> DeadLetter:
-    return DeadLetter(
-        id=program.id,
-        stage=STAGE,
-        error=f"sandbox_error: {message}"[:2000],
-        record=clip(program.to_json()),
-    )
+    return DeadLetter.of(STAGE, program, f"sandbox_error: {message}")
 
 
 def _sum_pairs(values: list[tuple[int, int]]) -> tuple[int, int]:

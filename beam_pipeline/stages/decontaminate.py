@@ -19,6 +19,7 @@ builds its Aho-Corasick automaton in `setup()`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from enum import StrEnum
 from typing import Any
 
 import apache_beam as beam
@@ -34,7 +35,10 @@ from beam_pipeline.stages.common import (
     apply_stage_fn,
 )
 
-CONTAMINATED = "contaminated"
+
+class DecontamReason(StrEnum):
+    CONTAMINATED = "contaminated"
+
 
 # (dataset, config, splits) on the hub; MBPP keeps every split (method.md §1, "We").
 HUB_SOURCES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
@@ -137,7 +141,7 @@ class DecontaminateFn(StageFn):
         for _, text in core.iter_texts(record, self.fields):
             match = self._matcher.find(text)
             if match is not None:
-                yield Rejection.of(self.stage, CONTAMINATED, record, match.key)
+                yield Rejection.of(self.stage, DecontamReason.CONTAMINATED, record, match.key)
                 return
         yield record
 

@@ -47,6 +47,7 @@ import itertools
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from enum import StrEnum
 from typing import Any
 
 import apache_beam as beam
@@ -72,8 +73,12 @@ LOG = logging.getLogger(__name__)
 
 TextGetter = str | Callable[[Any], str | None]
 
-NEAR_DUPLICATE = "near_duplicate"
-EXACT_DUPLICATE = "exact_duplicate"
+
+class DedupReason(StrEnum):
+    NEAR_DUPLICATE = "near_duplicate"
+    EXACT_DUPLICATE = "exact_duplicate"
+
+
 TOO_SHORT = "too_short_for_dedup"
 ROUNDS = "components_rounds"
 LEFTOVER = "components_leftover_nodes"
@@ -369,13 +374,13 @@ class DecideFn(StageFn):
         if roots:
             kept_id = min(roots)
             for record in records:
-                yield Rejection.of(self.stage, NEAR_DUPLICATE, record, kept_id)
+                yield Rejection.of(self.stage, DedupReason.NEAR_DUPLICATE, record, kept_id)
             return
         if len(records) > 1:
             records.sort(key=lambda r: r.to_json())
         yield records[0]
         for record in records[1:]:
-            yield Rejection.of(self.stage, NEAR_DUPLICATE, record, node)
+            yield Rejection.of(self.stage, DedupReason.NEAR_DUPLICATE, record, node)
 
 
 class _NearDedupPass(beam.PTransform):
@@ -530,7 +535,7 @@ class KeepSmallestIdFn(StageFn):
         copies = sorted(element[1], key=lambda r: (r.id, r.to_json()))
         yield copies[0]
         for record in copies[1:]:
-            yield Rejection.of(self.stage, EXACT_DUPLICATE, record, copies[0].id)
+            yield Rejection.of(self.stage, DedupReason.EXACT_DUPLICATE, record, copies[0].id)
 
 
 class ExactDedup(beam.PTransform):

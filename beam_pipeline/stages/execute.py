@@ -26,19 +26,19 @@ execution_cache_miss, execution_cache_error, execution_duration_ms (distribution
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from enum import StrEnum
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from beam_pipeline.core.program import build_program, program_sha
-from beam_pipeline.records import DeadLetter, Execution, Rejection, Sample, clip
+from beam_pipeline.records import DeadLetter, Execution, Rejection, Sample
 from beam_pipeline.stages.common import (
     METRICS_NAMESPACE,
     Accounting,
@@ -65,7 +65,7 @@ DEFAULT_SANDBOX = SandboxConfig(max_output_bytes=8192)
 log = logging.getLogger(__name__)
 
 
-class ExecuteReason(enum.Enum):
+class ExecuteReason(StrEnum):
     NO_CODE = "no_code"
 
 
@@ -76,7 +76,7 @@ class BuildProgramFn(StageFn):
         program = build_program(sample.response, sample.tests)
         if not program.source:
             detail = f"{program.skipped_blocks} non-Python blocks" if program.skipped_blocks else ""
-            yield Rejection.of(STAGE, ExecuteReason.NO_CODE.value, sample, detail)
+            yield Rejection.of(STAGE, ExecuteReason.NO_CODE, sample, detail)
             return
         yield sample, program.source
 
@@ -249,9 +249,7 @@ class RunProgramsFn(StageFn):
                 f"{outcome.run_wait_s or 0:.2f} s waiting for one, {outcome.duration_s:.2f} s "
                 "wall clock"
             )
-        return DeadLetter(
-            id=sample.id, stage=STAGE, error=error[:2000], record=clip(sample.to_json())
-        )
+        return DeadLetter.of(STAGE, sample, error)
 
 
 class ExecuteSamples(beam.PTransform):

@@ -6,12 +6,13 @@ GenerateResponses and JudgeSeeds. Two ways to reach the model:
 - otherwise a managed vLLM server per worker process, started on first use (after preparing
   `model`, e.g. `smollm2`) and stopped when the worker no longer needs it or exits.
 
-`ModelCallFn` turns one element into one request and routes the answer. Requests leave as
-soon as their element arrives and answers are emitted as soon as they come back, with up to
-`2 * max_in_flight` requests outstanding per DoFn instance, so the server's continuous batching
-stays full across batches instead of idling at the end of each batch. The client's admission
-control decides how many of them are on the wire; while the engine is down they wait (up to
-`engine_down_max_s`) instead of turning into dead letters. Every element leaves
+`ModelCallFn` turns one element into one request and routes the answer; a stage subclasses it
+with its prompt builder, sampling, parser and output record, and `ModelStage` with its name.
+Requests leave as soon as their element arrives and answers are emitted as soon as they come
+back, with up to `2 * max_in_flight` requests outstanding per DoFn instance, so the server's
+continuous batching stays full across batches instead of idling at the end of each batch. The
+client's admission control decides how many of them are on the wire; while the engine is down
+they wait (up to `engine_down_max_s`) instead of turning into dead letters. Every element leaves
 exactly once: as outputs (main or rejected) or as a DeadLetter (client error, exhausted
 retries, dead engine, unexpected exception). Finish-bundle drains everything still pending.
 Each answered call also leaves a `ModelUsage` (tokens, cache hit) on the tagged `usage` output,
@@ -25,25 +26,31 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-import traceback
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_pipeline.progress import progress
-from beam_pipeline.records import DeadLetter, Record, Rejection, clip
+from beam_pipeline.core import prompting
+from beam_pipeline.core.prompting import Reason
+from beam_pipeline.records import DeadLetter, Record, Rejection
 from beam_pipeline.stages.common import (
-    ERRORS,
     METRICS_NAMESPACE,
-    REJECTED,
     USAGE,
     ModelUsage,
     StageFn,
+    StageOutputs,
+    apply_stage_fn,
 )
-from model_server.client import ClientConfig, CompletionResult, ModelClient, SamplingParams
+from model_server.client import (
+    Choice,
+    ClientConfig,
+    CompletionResult,
+    ModelClient,
+    SamplingParams,
+)
 from model_server.serve import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -199,13 +206,36 @@ class _Pending:
     timestamp: Any
 
 
-class ModelCallFn(StageFn):
-    """Batches in, one request per element, outputs routed as each answer arrives."""
+Parser = Callable[[str, str | None], prompting.Parsed]
 
+
+@dataclasses.dataclass(frozen=True)
+class ModelStageSpec:
+    """A model stage's name, parser and sampling (temperature, top_p and max tokens come from
+    the config)."""
+
+    stage: str
+    parse: Parser  # (completion text, finish reason) -> prompting.Parsed
+    seed_stage: str = ""  # whose per-item sampler seed each request sends
+    stop: tuple[str, ...] = (prompting.EXAMPLE_STOP,)
+
+
+class ModelCallFn(StageFn):
+    """A model stage's DoFn: batches in, one request per element, outputs routed as each
+    answer arrives. A stage states only what is its own:
+    - `SPEC`: its name, parser and sampling; `samples()` for n, or a whole `sampling(element)`;
+    - `prompt(element)`: the prompt (text, or a built prompt `build` gets back);
+    - `build(element, request, choice, value)`: the output record of one parsed choice, and
+      `output_id(element, index)` when each choice's output has an id of its own.
+    Calling, routing and the rejections (a missing choice, a completion that does not parse)
+    exist only here."""
+
+    SPEC: ClassVar[ModelStageSpec]
     EMITS_USAGE = True
 
-    def __init__(self, stage: str, config: GenerationConfig) -> None:
-        super().__init__(stage)
+    def __init__(self, config: GenerationConfig) -> None:
+        super().__init__(self.SPEC.stage)
+        stage = self.stage
         self.config = config
         self._requests = Metrics.counter(METRICS_NAMESPACE, f"{stage}_requests")
         self._retries = Metrics.counter(METRICS_NAMESPACE, f"{stage}_retries")
@@ -214,15 +244,59 @@ class ModelCallFn(StageFn):
         self._tokens_out = Metrics.counter(METRICS_NAMESPACE, f"{stage}_completion_tokens")
         self._latency = Metrics.distribution(METRICS_NAMESPACE, f"{stage}_latency_ms")
 
-    # -- subclass API -------------------------------------------------------------------
+    # -- what a stage states -------------------------------------------------------------
+
+    def prompt(self, element: Any, /) -> Any:
+        """The prompt text, or a built prompt: its `.prompt` is sent and `build` gets it back
+        as `request.context` (e.g. the few-shot ids it showed)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prompt()")
+
+    def samples(self) -> int:
+        return 1
+
+    def sampling(self, element: Any, /) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            max_tokens=self.config.max_new_tokens,
+            n=self.samples(),
+            stop=self.SPEC.stop,
+            seed=prompting.sampler_seed(self.SPEC.seed_stage, element.id),
+        )
+
+    def build(self, element: Any, /, request: ModelRequest, choice: Choice, value: Any) -> Record:
+        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+
+    def output_id(self, element: Any, /, index: int) -> str:
+        return element.id
+
+    # -- the shared shape ----------------------------------------------------------------
 
     def request(self, element: Any) -> ModelRequest:
-        raise NotImplementedError
+        built = self.prompt(element)
+        if isinstance(built, str):
+            return ModelRequest(built, self.sampling(element))
+        return ModelRequest(built.prompt, self.sampling(element), context=built)
 
     def on_result(
         self, element: Any, request: ModelRequest, result: CompletionResult
-    ) -> Iterable[Any]:
-        raise NotImplementedError
+    ) -> Iterator[Any]:
+        """One output or one rejection per requested choice."""
+        n = request.params.n
+        by_index = {choice.index: choice for choice in result.choices}
+        for index in range(n):
+            output_id = self.output_id(element, index)
+            choice = by_index.get(index)
+            if choice is None:
+                detail = f"server returned {len(result.choices)} of {n} choices"
+                yield Rejection.of(self.stage, Reason.MISSING_CHOICE, element, detail, output_id)
+                continue
+            parsed = self.SPEC.parse(choice.text, choice.finish_reason)
+            if parsed.reason is not None:
+                detail = f"{parsed.detail}; completion {completion_excerpt(choice.text)}"
+                yield Rejection.of(self.stage, parsed.reason, element, detail, output_id)
+                continue
+            yield self.build(element, request, choice, parsed.value)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -251,7 +325,7 @@ class ModelCallFn(StageFn):
                 request = self.request(element)
                 future = self._client.submit(request.prompt, request.params)
             except Exception as exc:  # a bad record must not stop the bundle
-                yield from self._wrap(self._dead_letter(element, exc), window, timestamp)
+                yield from self.route([DeadLetter.of(self.stage, element, exc)], window, timestamp)
                 continue
             self._pending[future] = _Pending(element, request, future, window, timestamp)
         yield from self._collect(limit=2 * self.config.max_in_flight)
@@ -275,7 +349,7 @@ class ModelCallFn(StageFn):
             for future in done:
                 pending = self._pending.pop(future)
                 yield from self._usage(pending)
-                yield from self._wrap(self._route(pending), pending.window, pending.timestamp)
+                yield from self.route(self._outputs(pending), pending.window, pending.timestamp)
 
     @staticmethod
     def _usage(pending: _Pending) -> Iterator[Any]:
@@ -288,23 +362,16 @@ class ModelCallFn(StageFn):
             USAGE, WindowedValue(usage, pending.timestamp, (pending.window,))
         )
 
-    def _route(self, pending: _Pending) -> list[Any]:
+    def _outputs(self, pending: _Pending) -> list[Any]:
         element = pending.element
         try:
             result: CompletionResult = pending.future.result()
             self._account(result)
             if not result.ok:
-                return [
-                    DeadLetter(
-                        id=getattr(element, "id", ""),
-                        stage=self.stage,
-                        error=f"{result.error_kind}: {result.error}"[:2000],
-                        record=clip(element.to_json()) if isinstance(element, Record) else "",
-                    )
-                ]
+                return [DeadLetter.of(self.stage, element, f"{result.error_kind}: {result.error}")]
             return list(self.on_result(element, pending.request, result))
         except Exception as exc:  # unexpected errors become dead letters
-            return [self._dead_letter(element, exc)]
+            return [DeadLetter.of(self.stage, element, exc)]
 
     def _account(self, result: CompletionResult) -> None:
         if result.cached:
@@ -318,45 +385,19 @@ class ModelCallFn(StageFn):
         if result.ok:
             self._latency.update(int(result.latency_s * 1000))
 
-    def _dead_letter(self, element: Any, exc: Exception) -> DeadLetter:
-        return DeadLetter(
-            id=str(getattr(element, "id", "")),
-            stage=self.stage,
-            error=f"{type(exc).__name__}: {exc}"[:2000],
-            traceback=clip(traceback.format_exc(), 20_000),
-            record=clip(element.to_json()) if isinstance(element, Record) else clip(repr(element)),
-        )
 
-    def _wrap(self, outputs: Any, window: Any, timestamp: Any) -> Iterator[Any]:
-        if not isinstance(outputs, list):
-            outputs = [outputs]
-        for out in outputs:
-            value = WindowedValue(out, timestamp, (window,))
-            if isinstance(out, Rejection):
-                self._rejected.inc()
-                progress().note(self.step, "rejected")
-                yield beam.pvalue.TaggedOutput(REJECTED, value)
-            elif isinstance(out, DeadLetter):
-                self._errors.inc()
-                progress().note(self.step, "errors")
-                yield beam.pvalue.TaggedOutput(ERRORS, value)
-            else:
-                self._out.inc()
-                progress().note(self.step, "out")
-                yield value
+class ModelStage(beam.PTransform):
+    """A model stage's composite: batches, then its `FN`; the step is named after the class."""
 
+    FN: ClassVar[type[ModelCallFn]]
 
-def rejection(
-    stage: str, reason: str, record: Record, detail: str = "", record_id: str | None = None
-) -> Rejection:
-    """A Rejection of `record` (optionally under another id, e.g. a sample's)."""
-    return Rejection(
-        id=record_id or record.id,
-        stage=stage,
-        reason=reason,
-        detail=detail[:2000],
-        record=clip(record.to_json()),
-    )
+    def __init__(self, config: GenerationConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, items: beam.PCollection) -> StageOutputs:
+        batches = items | "Batch" >> batch_elements(self.config.batch_size)
+        return apply_stage_fn(batches, type(self).__name__, self.FN(self.config))
 
 
 def completion_excerpt(text: str, limit: int = 300) -> str:

@@ -68,7 +68,7 @@ class PairPreferenceFn(StageFn):
         pair, stats = element
         made = preference_pair(pair, stats)
         if isinstance(made, PreferenceReason):
-            yield Rejection.of(STAGE, made.value, "", record_id=pair.id)
+            yield Rejection.of(STAGE, made, "", record_id=pair.id)
         else:
             yield made
 

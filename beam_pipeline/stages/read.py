@@ -15,16 +15,14 @@ Counts: `read/files`, `read/tasks`, `read/out` (files), `read/errors`.
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import TestOptions
 
 from beam_pipeline import stack_io
-from beam_pipeline.progress import progress
-from beam_pipeline.records import DeadLetter, clip
-from beam_pipeline.stages.common import ERRORS, Accounting, StageFn, StageOutputs, apply_stage_fn
+from beam_pipeline.records import DeadLetter
+from beam_pipeline.stages.common import Accounting, StageFn, StageOutputs, apply_stage_fn
 
 STAGE = "read"
 log = logging.getLogger(__name__)
@@ -45,7 +43,7 @@ class ExpandPatternFn(_ReadFn):
     def handle(self, pattern: str) -> Iterator[str | DeadLetter]:
         paths = stack_io.expand_pattern(pattern, self._token, self.settings)
         if not paths:
-            yield DeadLetter(id=pattern, stage=self.stage, error=f"no input matches {pattern!r}")
+            yield DeadLetter.of(self.stage, pattern, f"no input matches {pattern!r}", pattern)
         yield from paths
 
 
@@ -65,23 +63,10 @@ class ReadTaskFn(_ReadFn):
         try:
             for source in stack_io.read_task(task, self.settings, self._token):
                 next_row += 1
-                self._out.inc()
-                progress().note(self.step, "out")
-                yield source
+                yield from self.route((source,))
         except Exception as exc:
-            self._errors.inc()
-            progress().note(self.step, "errors")
             rest = task.rest(next_row) if task.kind == "parquet" else task
-            yield beam.pvalue.TaggedOutput(
-                ERRORS,
-                DeadLetter(
-                    id=rest.label,
-                    stage=self.stage,
-                    error=f"{type(exc).__name__}: {exc}"[:2000],
-                    traceback=clip(traceback.format_exc(), 20_000),
-                    record=rest.label,
-                ),
-            )
+            yield from self.route([DeadLetter.of(self.stage, rest.label, exc, rest.label)])
 
 
 def fail_if_nothing_read(_: object, files_read: int, first_errors: list[DeadLetter]) -> None:

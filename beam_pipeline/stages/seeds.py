@@ -60,11 +60,11 @@ class ExtractFunctionsFn(StageFn):
             source.content, source.valid_utf8, source.size_bytes, self.config.max_file_bytes
         )
         if problem is not None:
-            yield Rejection.of(STAGE, problem[0].value, source, problem[1])
+            yield Rejection.of(STAGE, problem[0], source, problem[1])
             return
         extraction = core.extract_functions(source.content, self.config.parser)
         if extraction.reason is not None:
-            yield Rejection.of(STAGE, extraction.reason.value, source, extraction.detail)
+            yield Rejection.of(STAGE, extraction.reason, source, extraction.detail)
             return
         candidates = tuple(
             Seed(
@@ -90,7 +90,7 @@ class FilterSeedFn(StageFn):
         if problem is None:
             yield seed
         else:
-            yield Rejection.of(STAGE, problem[0].value, seed, problem[1])
+            yield Rejection.of(STAGE, problem[0], seed, problem[1])
 
 
 def _provenance(seed: Seed) -> tuple[str, str, str]:
@@ -107,7 +107,7 @@ class KeepFirstCopyFn(StageFn):
         yield kept
         where = "/".join(p for p in _provenance(kept) if p)
         for dup in ordered[1:]:
-            yield Rejection.of(STAGE, core.SeedReason.DUPLICATE.value, dup, f"same text as {where}")
+            yield Rejection.of(STAGE, core.SeedReason.DUPLICATE, dup, f"same text as {where}")
 
 
 class StaticCheckFn(StageFn):
@@ -119,18 +119,14 @@ class StaticCheckFn(StageFn):
         verdicts = static_check.check_with_bisect([s.seed for s in batch])
         for seed, verdict in zip(batch, verdicts, strict=True):
             if isinstance(verdict, static_check.CheckerFailed):
-                yield DeadLetter(
-                    id=seed.id, stage=self.stage, error=str(verdict), record=seed.to_json()
-                )
+                yield DeadLetter.of(self.stage, seed, str(verdict))
             elif not verdict.clean:
                 detail = "; ".join(verdict.errors[:3])[:500]
-                yield Rejection.of(STAGE, core.SeedReason.STATIC_CHECK_FAILED.value, seed, detail)
+                yield Rejection.of(STAGE, core.SeedReason.STATIC_CHECK_FAILED, seed, detail)
             else:
                 banned = sorted(core.imports_in(verdict.text) & core.BANNED_MODULES)
                 if banned:
-                    yield Rejection.of(
-                        STAGE, core.SeedReason.BANNED_IMPORT.value, seed, ",".join(banned)
-                    )
+                    yield Rejection.of(STAGE, core.SeedReason.BANNED_IMPORT, seed, ",".join(banned))
                 else:
                     # the id stays that of the extracted text; sha1 follows the text, as the
                     # reference hashes the function after autoimport
@@ -145,7 +141,7 @@ class SampleSeedsFn(StageFn):
         if cutoff is None or seed.id <= cutoff:
             yield seed
         else:
-            yield Rejection.of(STAGE, "over_max_seeds", seed, f"id > {cutoff}")
+            yield Rejection.of(STAGE, core.SeedReason.OVER_MAX_SEEDS, seed, f"id > {cutoff}")
 
     def process(self, element: Seed, cutoff: list[str]) -> Iterator[object]:  # type: ignore[override]
         yield from super().process((element, cutoff[0] if cutoff else None))

@@ -56,7 +56,7 @@ class FormatCheckFn(StageFn):
             sample.status, sample.instruction, sample.response, sample.tests
         )
         if problem is not None:
-            yield Rejection.of(STAGE, problem[0].value, sample, problem[1])
+            yield Rejection.of(STAGE, problem[0], sample, problem[1])
         else:
             yield sample
 
@@ -109,8 +109,7 @@ class KeySamplesFn(StageFn):
             sample.id, sample.instruction, sample.response, rank=candidate.rank
         )
         if isinstance(key, str):
-            reason = core.SelectReason.FIRST_BLOCK_UNPARSABLE.value
-            yield Rejection.of(STAGE, reason, sample, key)
+            yield Rejection.of(STAGE, core.SelectReason.FIRST_BLOCK_UNPARSABLE, sample, key)
         else:
             yield key, candidate
 
@@ -143,10 +142,10 @@ class ApplyVerdictsFn(StageFn):
         for candidate, verdict in zip(candidates, verdicts, strict=True):
             sample = candidate.sample
             if verdict != core.Verdict.KEPT:
-                reason = core.REASON_OF_VERDICT[core.Verdict(verdict)].value
+                reason = core.REASON_OF_VERDICT[core.Verdict(verdict)]
                 yield Rejection.of(STAGE, reason, sample, verdict)
             elif (error := core.code_syntax_error(sample.response)) is not None:
-                yield Rejection.of(STAGE, core.SelectReason.CODE_UNPARSABLE.value, sample, error)
+                yield Rejection.of(STAGE, core.SelectReason.CODE_UNPARSABLE, sample, error)
             else:
                 yield to_final(sample, candidate.agreement, candidate.agreement_suites)
 

@@ -25,7 +25,7 @@ import apache_beam as beam
 
 from beam_pipeline.core import sample_quality as core
 from beam_pipeline.core.cross_check import agreement_bucket
-from beam_pipeline.records import DeadLetter, Execution, FinalPair, clip
+from beam_pipeline.records import DeadLetter, Execution, FinalPair
 from beam_pipeline.stages.common import Accounting, StageFn, StageOutputs, apply_stage_fn
 
 STAGE = "final.stats"
@@ -71,12 +71,8 @@ class JoinStatsFn(StageFn):
         summaries = list(joined[1]["stats"])
         for pair in pairs:
             if len(summaries) != 1:  # one letter per pair: each pair leaves exactly once
-                yield DeadLetter(
-                    id=pair.id,
-                    stage=STAGE,
-                    error=f"instruction {joined[0]!r} has {len(summaries)} execution summaries",
-                    record=clip(pair.to_json()),
-                )
+                error = f"instruction {joined[0]!r} has {len(summaries)} execution summaries"
+                yield DeadLetter.of(STAGE, pair, error)
             else:
                 yield with_stats(pair, summaries[0]), summaries[0]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from enum import StrEnum
 
 import apache_beam as beam
 
@@ -27,7 +28,10 @@ from beam_pipeline.stages.common import (
 )
 
 STAGE = "instructions"
-DUPLICATE = "duplicate_instruction"
+
+
+class UserInstructionReason(StrEnum):
+    DUPLICATE = "duplicate_instruction"
 
 
 class ReadInstructionFileFn(StageFn):
@@ -38,9 +42,8 @@ class ReadInstructionFileFn(StageFn):
             if outcome.instruction is not None:
                 yield outcome.instruction
             else:
-                yield Rejection.of(
-                    self.stage, outcome.reason, "", detail=outcome.detail, record_id=outcome.row_id
-                )
+                assert outcome.reason is not None  # a row is an instruction or has a reason
+                yield Rejection.of(self.stage, outcome.reason, "", outcome.detail, outcome.row_id)
 
 
 class KeepFirstCopyFn(StageFn):
@@ -51,7 +54,8 @@ class KeepFirstCopyFn(StageFn):
         ordered = sorted(copies, key=lambda r: _row_order(r.provenance))
         yield ordered[0]
         for copy in ordered[1:]:
-            yield Rejection.of(self.stage, DUPLICATE, copy, detail=f"kept {ordered[0].id}")
+            detail = f"kept {ordered[0].id}"
+            yield Rejection.of(self.stage, UserInstructionReason.DUPLICATE, copy, detail)
 
 
 def _row_order(provenance: str) -> tuple[str, int]:
