@@ -19,9 +19,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline.config import GenerationConfig
 from beam_pipeline.records import Sample, Seed
 from beam_pipeline.stages.concepts import ExtractConcepts
-from beam_pipeline.stages.generation import GenerationConfig
 from beam_pipeline.stages.instructions import GenerateInstructions
 from beam_pipeline.stages.responses import GenerateResponses
 from model_server import client as client_mod

@@ -13,10 +13,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from beam_pipeline.config import GenerationConfig, GenerationConfigError
 from beam_pipeline.core.prompting import rebuild_prompt
 from beam_pipeline.records import Concepts, Instruction, Sample, Seed
 from beam_pipeline.stages.concepts import ExtractConcepts
-from beam_pipeline.stages.generation import GenerationConfig, GenerationConfigError
 from beam_pipeline.stages.instructions import GenerateInstructions
 from beam_pipeline.stages.judge import JudgeSeeds
 from beam_pipeline.stages.responses import GenerateResponses

@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
+from beam_pipeline.config import GenerationConfig
 from beam_pipeline.records import Concepts, Seed
-from beam_pipeline.stages.generation import GenerationConfig
 from model_server.serve import VLLMServer
 from tests.conftest import FNAPI
 from tests.stages.test_generate_scripted import run_chain
