@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from beam_pipeline.core import prompting
 
@@ -44,9 +44,7 @@ def sha1_hex(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Record:
-    """Base: JSON round trip, kind tag, derivation of a downstream record."""
-
-    KIND: ClassVar[str] = "record"
+    """Base: JSON round trip, derivation of a downstream record."""
 
     id: str
 
@@ -94,8 +92,6 @@ class Record:
 class SourceFile(Record):
     """One Python file read from The Stack (or a directory of .py files)."""
 
-    KIND: ClassVar[str] = "source_file"
-
     content: str
     path: str = ""
     repo_name: str = ""
@@ -119,8 +115,6 @@ class Seed(Record):
     if any, are in `decorators`. `sha1` is the hex SHA-1 of `seed` (the published seed
     datasets' field); `file_sha1` is the source file's hash (The Stack's `hexsha`).
     """
-
-    KIND: ClassVar[str] = "seed"
 
     seed: str
     sha1: str = ""
@@ -149,8 +143,6 @@ def as_concepts(value: Any) -> tuple[str, ...]:
 class Concepts(Seed):
     """S->C: the concepts the seed shows."""
 
-    KIND: ClassVar[str] = "concepts"
-
     concepts: tuple[str, ...]
     concepts_examples: tuple[str, ...] = ()  # ids of the few-shot examples in its S->C prompt
 
@@ -170,8 +162,6 @@ class Concepts(Seed):
 class Instruction(Concepts):
     """C->I: a coding instruction built from the concepts."""
 
-    KIND: ClassVar[str] = "instruction"
-
     category: str
     difficulty: str
     instruction: str
@@ -187,8 +177,6 @@ class Instruction(Concepts):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sample(Instruction):
     """I->R: one sampled response with its own tests. `id` is the instruction id + index."""
-
-    KIND: ClassVar[str] = "sample"
 
     instruction_id: str
     sample_index: int
@@ -213,8 +201,6 @@ class Sample(Instruction):
 class Execution(Sample):
     """A sample after its code plus tests ran in the sandbox."""
 
-    KIND: ClassVar[str] = "execution"
-
     program_sha: str
     status: str  # passed | failed | timeout | memory | crashed
     exit_code: int | None = None
@@ -232,8 +218,6 @@ class Execution(Sample):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FinalPair(Record):
     """One row of the final dataset (method.md §4 fields plus provenance)."""
-
-    KIND: ClassVar[str] = "final"
 
     seed: str
     sha1: str
@@ -272,8 +256,6 @@ class CrossCheckProgram(Record):
     """One cross-check run: a passing sample's response against a sibling sample's tests.
     `id` is `<sample id>@<suite sample id>`."""
 
-    KIND: ClassVar[str] = "cross_check_program"
-
     sample_id: str
     instruction_id: str
     suite_id: str
@@ -290,8 +272,6 @@ class PreferencePair(Record):
     instruction. `prompt`, `chosen`, `rejected` are the columns TRL's DPO trainer reads;
     `prompt` is the instruction in the training template (sft/template.py). `id` is the
     chosen sample's id."""
-
-    KIND: ClassVar[str] = "preference"
 
     instruction_id: str
     instruction: str
@@ -310,8 +290,6 @@ class PreferencePair(Record):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Rejection(Record):
     """An expected outcome that removes a record: counted, written, never an exception."""
-
-    KIND: ClassVar[str] = "rejection"
 
     stage: str
     reason: str
@@ -337,30 +315,11 @@ class Rejection(Record):
 class DeadLetter(Record):
     """An unexpected error while processing a record: kept with its input for a rerun."""
 
-    KIND: ClassVar[str] = "dead_letter"
-
     stage: str
     error: str
     traceback: str = ""
     record: str = ""
 
-
-RECORD_TYPES: dict[str, type[Record]] = {
-    cls.KIND: cls
-    for cls in (
-        SourceFile,
-        Seed,
-        Concepts,
-        Instruction,
-        Sample,
-        Execution,
-        FinalPair,
-        CrossCheckProgram,
-        PreferencePair,
-        Rejection,
-        DeadLetter,
-    )
-}
 
 MAX_RECORD_CHARS = 200_000
 

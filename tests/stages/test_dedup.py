@@ -1,4 +1,4 @@
-"""NearDedup and ExactDedup as Beam stages: quality, exactness, determinism, accounting."""
+"""NearDedup as a Beam stage: quality, exactness, determinism, accounting."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from beam_pipeline.core.lsh import band_keys, optimal_params
 from beam_pipeline.core.minhash import MinHasher, true_jaccard
 from beam_pipeline.records import Rejection, Sample, Seed
 from beam_pipeline.stages.common import Accounting, WriteStageOutputs
-from beam_pipeline.stages.dedup import ExactDedup, NearDedup
+from beam_pipeline.stages.dedup import NearDedup
 from tests.conftest import FNAPI, MULTIPROCESS
 from tests.helpers import read_jsonl_dir
 
@@ -350,28 +350,6 @@ def test_seed_threshold_0_5_merges_pairs_that_0_7_keeps() -> None:
         strict_count = strict.rejected | "CountStrict" >> beam.combiners.Count.Globally()
         assert_that(loose_count, check((34, 40)), label="LooseMergesMost")
         assert_that(strict_count, check((2, 22)), label="StrictMergesFew")
-
-
-def test_exact_dedup_on_whitespace_normalised_text() -> None:
-    records = [
-        _seed("def f(x):\n    return x", "b"),
-        _seed("def f(x):   return x  ", "a"),
-        _seed("def f(x):\n\treturn x\n", "c"),
-        _seed("def F(x): return x", "d"),  # case differs: not an exact duplicate
-        _seed(None, "e"),  # no text: "" (kept once)
-        _seed(3.5, "f"),  # not text: dead letter
-    ]
-    with TestPipeline(argv=FNAPI) as pipeline:
-        outputs = pipeline | beam.Create(records) | ExactDedup("final.exact", "seed")
-        assert_that(
-            outputs.main | beam.Map(lambda r: r.id), equal_to(["a", "d", "e"]), label="Kept"
-        )
-        assert_that(
-            outputs.rejected | beam.Map(lambda r: (r.id, r.reason, r.detail)),
-            equal_to([("b", "exact_duplicate", "a"), ("c", "exact_duplicate", "a")]),
-            label="Rejected",
-        )
-        assert_that(outputs.errors | beam.Map(lambda e: e.id), equal_to(["f"]), label="Errors")
 
 
 def test_rejections_carry_the_record() -> None:
