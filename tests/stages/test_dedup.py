@@ -20,13 +20,13 @@ from beam_pipeline.records import Rejection, Sample, Seed
 from beam_pipeline.stages.common import Accounting, WriteStageOutputs
 from beam_pipeline.stages.dedup import NearDedup
 from tests.conftest import FNAPI, MULTIPROCESS
-from tests.helpers import read_jsonl_dir
+from tests.helpers import make_sample, make_seed, read_jsonl_dir
 
 STAGE = "near"
 
 
 def _seed(text: Any, record_id: str | None = None) -> Seed:
-    return Seed(id=record_id or Seed.make_id(str(text)), seed=text)
+    return make_seed(seed=text, **({"id": record_id} if record_id else {}))
 
 
 def _pair(similarity: float, tag: str, length: int = 120) -> tuple[str, str]:
@@ -267,18 +267,7 @@ def test_rounds_cut_short_are_finished_with_the_same_result(
 
 
 def _sample(index: int, instruction: str, response: str) -> Sample:
-    return Sample(
-        id=f"i{index:03d}.0",
-        seed="def f(): pass",
-        concepts="c",
-        category="function",
-        difficulty="easy",
-        instruction=instruction,
-        instruction_id=f"i{index:03d}",
-        sample_index=0,
-        response=response,
-        tests="assert True",
-    )
+    return make_sample(f"i{index:03d}", instruction=instruction, response=response)
 
 
 def code_representation(sample: Sample) -> str:

@@ -23,6 +23,7 @@ from beam_pipeline.core.selection import (
 )
 from beam_pipeline.records import Execution
 from beam_pipeline.stages.select import SelectSamples, ShowTestsInInstruction, to_final
+from tests.helpers import make_execution
 
 TESTS = "```python\nassert f(1) == 1\n```"
 
@@ -34,19 +35,15 @@ def _sample(
     status: str = "passed",
     extra: str = "",
 ) -> Execution:
-    return Execution(
-        id=sid,
-        seed="def s(x):\n    return x",
-        concepts="c",
-        category="function",
-        difficulty="easy",
+    """Execution `sid` ("<instruction id>.<index>") whose response shows `code`."""
+    instruction_id, index = sid.split(".")
+    return make_execution(
+        instruction_id,
+        int(index),
+        status,
         instruction=instruction,
-        instruction_id=sid.split(".")[0],
-        sample_index=int(sid.split(".")[1]),
         response=f"Here.\n\n```python\n{code}\n```{extra}",
         tests=TESTS,
-        program_sha="p",
-        status=status,
     )
 
 
