@@ -15,6 +15,8 @@ from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
 from tests.conftest import FNAPI
 from tests.helpers import make_execution, read_jsonl_dir
 
+pytestmark = pytest.mark.timeout(600)  # whole-pipeline runs
+
 QUESTION = "A baker sells 17 loaves on Monday and twice as many on Tuesday. How many in total?"
 
 

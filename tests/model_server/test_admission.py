@@ -30,6 +30,8 @@ from tests.helpers import make_seed
 from tests.model_server.scheduling import SchedulingServer, sequence_length, utilisation
 from tests.model_server.scripted import scripted_text
 
+pytestmark = pytest.mark.timeout(600)  # four worker processes, a 15 s outage
+
 FOUR_WORKERS = [
     "--runner=FnApiRunner",
     "--direct_num_workers=4",

@@ -17,6 +17,8 @@ from beam_pipeline.stages.select import SelectSamples
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
 from tests.helpers import make_sample
 
+pytestmark = pytest.mark.timeout(300)  # sandboxed execution
+
 SANDBOX = SandboxConfig(timeout_s=5.0, memory_mb=512, preload=(), max_output_bytes=2048)
 
 

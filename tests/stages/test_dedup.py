@@ -22,6 +22,8 @@ from beam_pipeline.stages.dedup import NearDedup
 from tests.conftest import FNAPI, MULTIPROCESS
 from tests.helpers import make_sample, make_seed, read_jsonl_dir
 
+pytestmark = pytest.mark.timeout(300)  # dedup on two worker processes
+
 STAGE = "near"
 
 
@@ -374,6 +376,7 @@ def test_rejection_type_is_the_shared_record() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_larger_corpus_same_on_both_runners_and_equal_to_union_find(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -17,6 +17,8 @@ from beam_pipeline.stages.execute import ExecuteSamples
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
 from tests.helpers import make_sample
 
+pytestmark = pytest.mark.timeout(300)  # sandboxed execution
+
 # A generous wall-clock cap: the loop's 2 s are its own time, however busy the machine is.
 SANDBOX = SandboxConfig(
     timeout_s=2.0, memory_mb=512, preload=(), max_output_bytes=2048, max_wall_factor=20.0

@@ -25,6 +25,8 @@ from tests.conftest import FNAPI, MULTIPROCESS
 from tests.helpers import make_instruction, make_seed, seed_function
 from tests.model_server.scripted import ScriptedServer
 
+pytestmark = pytest.mark.timeout(300)  # generation on worker processes
+
 N = 3
 
 

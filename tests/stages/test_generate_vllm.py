@@ -13,7 +13,8 @@ from tests.conftest import FNAPI
 from tests.stages.test_generate_scripted import run_chain
 from tests.vllm_fixture import vllm_server  # noqa: F401 - the shared session fixture
 
-pytestmark = pytest.mark.vllm
+# A real vLLM CPU server starts (tens of seconds) and generates.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 SEEDS = [
     '''def mean(values):

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, Phase, given, settings
@@ -24,6 +25,8 @@ from beam_pipeline.core.selection import (
 from beam_pipeline.records import Execution
 from beam_pipeline.stages.select import SelectSamples, ShowTestsInInstruction, to_final
 from tests.helpers import make_execution
+
+pytestmark = pytest.mark.timeout(300)  # property tests, each a pipeline
 
 TESTS = "```python\nassert f(1) == 1\n```"
 
