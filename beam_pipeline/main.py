@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
@@ -14,7 +15,6 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipeline.config import STAGES, ConfigError, RunConfig
 from beam_pipeline.core.decontam import BenchmarkUnavailable
 from beam_pipeline.core.failures import failure_kind
-from beam_pipeline.core.selection import code_representation
 from beam_pipeline.instructions_io import InstructionsError, check_instruction_files
 from beam_pipeline.options import SelfCodeAlignOptions
 from beam_pipeline.progress import show_worker_progress
@@ -23,29 +23,21 @@ from beam_pipeline.records import Concepts, Execution, Instruction, Sample, Seed
 from beam_pipeline.report import collect_metrics, write_report
 from beam_pipeline.shards import clear_outputs
 from beam_pipeline.stack_io import InputError
+from beam_pipeline.stages.chains import FinalChain, SeedChain
 from beam_pipeline.stages.common import (
     Accounting,
     ReadJsonl,
     StageOutputs,
     WriteJsonl,
     WriteStageOutputs,
-    merge_outputs,
 )
 from beam_pipeline.stages.concepts import ExtractConcepts
-from beam_pipeline.stages.cross_check import CrossCheck
-from beam_pipeline.stages.decontaminate import Decontaminate, load_benchmark_items
-from beam_pipeline.stages.dedup import NearDedup
-from beam_pipeline.stages.execute import DEFAULT_SANDBOX, ExecuteSamples
+from beam_pipeline.stages.decontaminate import load_benchmark_items
+from beam_pipeline.stages.execute import ExecuteSamples
 from beam_pipeline.stages.instructions import GenerateInstructions
-from beam_pipeline.stages.judge import JudgeSeeds
-from beam_pipeline.stages.preference import PairPreferences
 from beam_pipeline.stages.read import ReadSources
 from beam_pipeline.stages.responses import GenerateResponses
-from beam_pipeline.stages.seeds import ExtractSeeds, SampleSeeds
-from beam_pipeline.stages.select import SelectSamples, ShowTestsInInstruction
-from beam_pipeline.stages.stats import AttachExecutionStats
 from beam_pipeline.stages.user_instructions import ReadInstructions
-from sandbox_image import SandboxConfig
 
 log = logging.getLogger("beam_pipeline")
 
@@ -70,27 +62,26 @@ def _runner(options: PipelineOptions) -> object | None:
     return None
 
 
-def instruction_and_response(record: object) -> str:
-    """Method.md §4: the benchmark strings are searched in instruction + response."""
-    return f"{record.instruction}\n{record.response}"  # type: ignore[attr-defined]
-
-
-def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
-    out = config.output_dir
-    shards = config.num_shards
-    gen = config.generation
-    decontam = config.decontam if config.runs("seeds") or config.runs("final") else None
-    try:  # loaded once, on the launcher: a missing benchmark fails before any work starts
-        items = load_benchmark_items(decontam) if decontam is not None else []
+def benchmark_items(config: RunConfig) -> list[Any]:
+    """The decontamination benchmarks' items, loaded once on the launcher (a missing benchmark
+    fails before any work starts); none when no stage that decontaminates runs."""
+    if config.decontam is None or not (config.runs("seeds") or config.runs("final")):
+        return []
+    try:
+        return load_benchmark_items(config.decontam)
     except BenchmarkUnavailable as exc:
         raise SystemExit(f"error: decontamination: {exc}") from exc
 
-    def write(stage: str, outputs: StageOutputs, count_out: bool = False) -> None:
+
+def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
+    out, shards, gen = config.output_dir, config.num_shards, config.generation
+    items = benchmark_items(config)
+
+    def write(stage: str, outputs: StageOutputs) -> None:
         outputs | f"Write{stage.capitalize()}" >> WriteStageOutputs(out, stage, shards)
-        if count_out:  # composite stages count their steps; their total output counts here
-            acct.count(outputs.main, stage, "out")
 
     def restart(stage: str) -> beam.PCollection:
+        """The previous stage's output, read back, for a run that starts at `stage`."""
         previous = STAGES[STAGES.index(stage) - 1]
         try:
             return pipeline | f"Read{previous.capitalize()}" >> ReadJsonl(
@@ -105,38 +96,14 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
     if config.runs("seeds"):
         files = pipeline | "ReadSources" >> ReadSources(list(config.inputs), acct)
         files.errors | "WriteReadErrors" >> WriteJsonl(f"{out}/errors/read", shards)
-        steps = [files.main | "ExtractSeeds" >> ExtractSeeds(config.seeds, acct)]
-        if items:
-            steps.append(
-                steps[-1].main
-                | "DecontaminateSeeds"
-                >> Decontaminate(
-                    "seeds.decontaminate", "seed", decontam, items=items, accounting=acct
-                )
-            )
-        if config.seeds.dedup_threshold > 0:
-            steps.append(
-                steps[-1].main
-                | "NearDedupSeeds"
-                >> NearDedup(
-                    "seeds.near_dedup",
-                    "seed",
-                    config.seeds.dedup_threshold,
-                    max_rounds=config.dedup_max_rounds,
-                    accounting=acct,
-                )
-            )
-        if config.seeds.max_seeds:
-            steps.append(
-                steps[-1].main | "SampleSeeds" >> SampleSeeds(config.seeds.max_seeds, acct)
-            )
-        if config.seeds.judge:
-            judged = steps[-1].main | "JudgeSeeds" >> JudgeSeeds(gen)
-            acct.count_stage("seeds.judge", steps[-1].main, judged)
-            steps.append(judged)
-        seeds = merge_outputs("AllSeedSteps", *steps)
-        write("seeds", seeds, count_out=True)
+        seeds = files.main | "Seeds" >> SeedChain(config, acct, items)
+        write("seeds", seeds)
         current = seeds.main
+
+    if config.instructions:  # the user's instructions: the run starts at the responses stage
+        given = pipeline | "ReadInstructions" >> ReadInstructions(list(config.instructions), acct)
+        write("instructions", given)
+        current = given.main
 
     for stage, transform in (
         ("concepts", ExtractConcepts),
@@ -145,12 +112,6 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
     ):
         if not config.runs(stage):
             continue
-        if current is None and stage == "responses" and config.instructions:
-            given = pipeline | "ReadInstructions" >> ReadInstructions(
-                list(config.instructions), acct
-            )
-            given | "WriteInstructions" >> WriteStageOutputs(out, "instructions", shards)
-            current = given.main
         inputs = current if current is not None else restart(stage)
         result = inputs | transform.__name__ >> transform(gen)
         fan_out = gen.num_samples if stage == "responses" else 1
@@ -161,7 +122,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
     if config.runs("execution"):
         inputs = current if current is not None else restart("execution")
         executed = inputs | "ExecuteSamples" >> ExecuteSamples(
-            sandbox_config(config),
+            config.execution.sandbox_config(),
             config.execution.workers,
             config.execution.cache_dir,
             accounting=acct,
@@ -180,94 +141,9 @@ def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
 
     if config.runs("final"):
         inputs = current if current is not None else restart("final")
-        cross = None
-        if config.final.cross_check:
-            cross = inputs | "CrossCheck" >> CrossCheck(
-                sandbox_config(config),
-                config.execution.workers,
-                config.execution.cache_dir,
-                accounting=acct,
-            )
-        steps = [
-            inputs
-            | "SelectSamples"
-            >> SelectSamples(acct, cross.main if cross else None, select_by=config.final.select_by)
-        ]
-        if config.final.dedup_threshold > 0:
-            steps.append(
-                steps[-1].main
-                | "NearDedupFinal"
-                >> NearDedup(
-                    "final.near_dedup",
-                    ["instruction", "response", code_representation_of],
-                    config.final.dedup_threshold,
-                    config.final.num_perm,
-                    max_rounds=config.dedup_max_rounds,
-                    accounting=acct,
-                )
-            )
-        if config.final.tests_in_instruction > 0:
-            # After the dedup passes (which compare the method's instructions) and before
-            # decontamination (which must see the text that is written).
-            steps.append(
-                steps[-1].main
-                | "TestsInInstruction"
-                >> ShowTestsInInstruction(config.final.tests_in_instruction, acct)
-            )
-        if items:
-            steps.append(
-                steps[-1].main
-                | "DecontaminateFinal"
-                >> Decontaminate(
-                    "final.decontaminate",
-                    instruction_and_response,
-                    decontam,
-                    items=items,
-                    accounting=acct,
-                )
-            )
-        # Every final pair with its instruction's execution statistics (and failing samples,
-        # which the preference pairs take their rejected side from).
-        with_stats = steps[-1].main | "ExecutionStats" >> AttachExecutionStats(
-            inputs, acct, cross_checked=cross is not None
-        )
-        final = with_stats.main | "FinalPairs" >> beam.Map(lambda pair_stats: pair_stats[0])
-        steps.append(StageOutputs(final, with_stats.rejected, with_stats.errors))
-        side = [cross] if cross is not None else []
-        write("final", merge_outputs("AllFinalSteps", *side, *steps), count_out=True)
-
-        preference = [with_stats.main | "PairPreferences" >> PairPreferences(acct)]
-        if items:
-            preference.append(
-                preference[-1].main
-                | "DecontaminatePreference"
-                >> Decontaminate(
-                    "preference.decontaminate",
-                    preference_texts,
-                    decontam,
-                    items=items,
-                    accounting=acct,
-                )
-            )
-        write("preference", merge_outputs("AllPreferenceSteps", *preference), count_out=True)
-
-
-def preference_texts(record: object) -> str:
-    """What the final dataset is searched in (method.md §4), plus the rejected response."""
-    return f"{record.instruction}\n{record.chosen}\n{record.rejected}"  # type: ignore[attr-defined]
-
-
-def sandbox_config(config: RunConfig) -> SandboxConfig:
-    return dataclasses.replace(
-        DEFAULT_SANDBOX,
-        timeout_s=config.execution.timeout_s,
-        memory_mb=config.execution.memory_mb,
-        backend=config.execution.backend,
-    )
-
-
-def code_representation_of(record: object) -> str:
-    return code_representation(record.response)  # type: ignore[attr-defined]
+        final = inputs | "Final" >> FinalChain(config, acct, items)
+        write("final", final.final)
+        write("preference", final.preference)
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:

@@ -12,12 +12,12 @@ from beam_pipeline.config import (
     STAGES,
     ExecutionConfig,
     FinalConfig,
+    GenerationConfig,
     RunConfig,
     SeedConfig,
 )
 from beam_pipeline.core.decontam import DecontamConfig
 from beam_pipeline.core.seeds import DEFAULT_MAX_FILE_BYTES
-from beam_pipeline.stages.generation import GenerationConfig
 
 
 def bundled_shard() -> str:

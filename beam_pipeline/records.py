@@ -23,7 +23,7 @@ import json
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from beam_pipeline.core import prompting
 
@@ -47,9 +47,7 @@ def sha1_hex(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Record:
-    """Base: JSON round trip, kind tag, derivation of a downstream record."""
-
-    KIND: ClassVar[str] = "record"
+    """Base: JSON round trip, derivation of a downstream record."""
 
     id: str
 
@@ -91,8 +89,6 @@ class Record:
 class SourceFile(Record):
     """One Python file read from The Stack (or a directory of .py files)."""
 
-    KIND: ClassVar[str] = "source_file"
-
     content: str
     path: str = ""
     repo_name: str = ""
@@ -116,8 +112,6 @@ class Seed(Record):
     if any, are in `decorators`. `sha1` is the hex SHA-1 of `seed` (the published seed
     datasets' field); `file_sha1` is the source file's hash (The Stack's `hexsha`).
     """
-
-    KIND: ClassVar[str] = "seed"
 
     seed: str
     sha1: str = ""
@@ -146,8 +140,6 @@ def as_concepts(value: Any) -> tuple[str, ...]:
 class Concepts(Seed):
     """S->C: the concepts the seed shows."""
 
-    KIND: ClassVar[str] = "concepts"
-
     concepts: tuple[str, ...]
     concepts_examples: tuple[str, ...] = ()  # ids of the few-shot examples in its S->C prompt
 
@@ -167,8 +159,6 @@ class Concepts(Seed):
 class Instruction(Concepts):
     """C->I: a coding instruction built from the concepts."""
 
-    KIND: ClassVar[str] = "instruction"
-
     category: str
     difficulty: str
     instruction: str
@@ -184,8 +174,6 @@ class Instruction(Concepts):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sample(Instruction):
     """I->R: one sampled response with its own tests. `id` is the instruction id + index."""
-
-    KIND: ClassVar[str] = "sample"
 
     instruction_id: str
     sample_index: int
@@ -210,8 +198,6 @@ class Sample(Instruction):
 class Execution(Sample):
     """A sample after its code plus tests ran in the sandbox."""
 
-    KIND: ClassVar[str] = "execution"
-
     program_sha: str
     status: str  # passed | failed | timeout | memory | crashed
     exit_code: int | None = None
@@ -229,8 +215,6 @@ class Execution(Sample):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FinalPair(Record):
     """One row of the final dataset (method.md §4 fields plus provenance)."""
-
-    KIND: ClassVar[str] = "final"
 
     seed: str
     sha1: str
@@ -269,8 +253,6 @@ class CrossCheckProgram(Record):
     """One cross-check run: a passing sample's response against a sibling sample's tests.
     `id` is `<sample id>@<suite sample id>`."""
 
-    KIND: ClassVar[str] = "cross_check_program"
-
     sample_id: str
     instruction_id: str
     suite_id: str
@@ -287,8 +269,6 @@ class PreferencePair(Record):
     instruction. `prompt`, `chosen`, `rejected` are the columns TRL's DPO trainer reads;
     `prompt` is the instruction in the training template (sft/template.py). `id` is the
     chosen sample's id."""
-
-    KIND: ClassVar[str] = "preference"
 
     instruction_id: str
     instruction: str
@@ -311,8 +291,6 @@ class Rejection(Record):
     It carries a bounded `excerpt` of its input, not the input: at full scale there are
     millions of rejections. The whole input is in the stage's input under the same id
     (docs/schema.md)."""
-
-    KIND: ClassVar[str] = "rejection"
 
     stage: str
     reason: str  # a StrEnum member's value
@@ -347,8 +325,6 @@ class Rejection(Record):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DeadLetter(Record):
     """An unexpected error while processing a record: kept with its input for a rerun."""
-
-    KIND: ClassVar[str] = "dead_letter"
 
     stage: str
     error: str
@@ -386,23 +362,6 @@ class DeadLetter(Record):
             record=payload,
         )
 
-
-RECORD_TYPES: dict[str, type[Record]] = {
-    cls.KIND: cls
-    for cls in (
-        SourceFile,
-        Seed,
-        Concepts,
-        Instruction,
-        Sample,
-        Execution,
-        FinalPair,
-        CrossCheckProgram,
-        PreferencePair,
-        Rejection,
-        DeadLetter,
-    )
-}
 
 # How much of its input a side record keeps. A rejection only needs to show what was
 # rejected (its input is in the stage's input, by id); a dead letter's input is needed for a

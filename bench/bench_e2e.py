@@ -40,10 +40,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from beam_pipeline.config import GenerationConfig  # noqa: E402
 from beam_pipeline.main import run  # noqa: E402
 from beam_pipeline.records import DeadLetter, Rejection, Seed  # noqa: E402
 from beam_pipeline.stages.concepts import ExtractConceptsFn  # noqa: E402
-from beam_pipeline.stages.generation import GenerationConfig  # noqa: E402
 from beam_pipeline.stages.instructions import GenerateInstructionFn  # noqa: E402
 from beam_pipeline.stages.responses import GenerateResponsesFn  # noqa: E402
 from model_server.client import ModelClient  # noqa: E402

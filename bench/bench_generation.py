@@ -157,7 +157,7 @@ def run_stage(base_url: str, items: list[Instruction], n: int, max_tokens: int,
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_pipeline.stages.generation import GenerationConfig
+    from beam_pipeline.config import GenerationConfig
     from beam_pipeline.stages.responses import GenerateResponses
 
     cfg = GenerationConfig(
@@ -330,8 +330,8 @@ def _sched_worker(tasks: object, results: object) -> None:
     from apache_beam.transforms.window import GlobalWindow
     from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
+    from beam_pipeline.config import GenerationConfig
     from beam_pipeline.records import DeadLetter
-    from beam_pipeline.stages.generation import GenerationConfig
     from beam_pipeline.stages.responses import GenerateResponsesFn
 
     logging.basicConfig(level=logging.ERROR)

@@ -21,6 +21,8 @@ from tests.conftest import FNAPI, MULTIPROCESS, REPO
 from tests.fixtures.bad_inputs import write_bad_shard
 from tests.helpers import read_jsonl_dir
 
+pytestmark = pytest.mark.timeout(300)  # seed-stage runs, some on two worker processes
+
 
 def _run(inputs: list[str], out: pathlib.Path, extra: list[str]) -> dict:
     argv = [f"--input={i}" for i in inputs] + [f"--output_dir={out}", "--to_stage=seeds", *extra]

@@ -21,6 +21,8 @@ from tests.conftest import FNAPI, REPO
 from tests.helpers import read_jsonl_dir
 from tests.model_server.scripted import ScriptedServer
 
+pytestmark = pytest.mark.timeout(600)  # whole-pipeline runs
+
 N_SEEDS = 8
 N_SAMPLES = 3
 

@@ -13,7 +13,9 @@ from beam_pipeline.main import run
 from beam_pipeline.records import Execution
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
 from tests.conftest import FNAPI
-from tests.helpers import read_jsonl_dir
+from tests.helpers import make_execution, read_jsonl_dir
+
+pytestmark = pytest.mark.timeout(600)  # whole-pipeline runs
 
 QUESTION = "A baker sells 17 loaves on Monday and twice as many on Tuesday. How many in total?"
 
@@ -27,19 +29,14 @@ def _needs_a_sandbox() -> None:
 
 
 def _execution(iid: str, k: int, body: str, test: str, status: str, stderr: str = "") -> Execution:
-    return Execution(
-        id=f"{iid}.{k}",
-        seed="def s(x):\n    return x",
-        concepts="c",
-        category="function",
+    return make_execution(
+        iid,
+        k,
+        status,
         difficulty="hard",
         instruction=f"Write a function {iid}_sum that adds two numbers.",
-        instruction_id=iid,
-        sample_index=k,
         response=f"Here.\n\n```python\ndef {iid}_sum(a, b):\n    {body}\n```",
         tests=f"```python\nassert {iid}_sum{test}\n```",
-        program_sha="planted",
-        status=status,
         stderr=stderr,
     )
 

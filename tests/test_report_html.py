@@ -13,6 +13,8 @@ import pytest
 
 from beam_pipeline.report_html import funnel_rows, render
 
+pytestmark = pytest.mark.timeout(300)  # headless Chromium
+
 REPORT = {
     "invariant_ok": True,
     "problems": [],

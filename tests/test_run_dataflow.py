@@ -37,6 +37,7 @@ def test_missing_settings_are_named() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     "model", [{"MODEL_SERVER_URL": "http://vllm.internal:8000/v1"}, {"GPU_TYPE": "nvidia-l4"}]
 )

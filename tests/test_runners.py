@@ -18,6 +18,8 @@ from beam_pipeline.main import run
 from tests.conftest import FNAPI
 from tests.helpers import read_jsonl_dir
 
+pytestmark = pytest.mark.timeout(600)  # whole pipeline on the portable runner and a job service
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -18,6 +18,8 @@ from beam_pipeline.main import run
 from tests.conftest import FNAPI
 from tests.fixtures.bad_inputs import ROWS, write_bad_shard
 
+pytestmark = pytest.mark.timeout(300)  # pipeline runs over parquet shards
+
 
 def _read_all(path: str) -> list:
     return [f for task in stack_io.tasks_for_file(path) for f in stack_io.read_task(task)]

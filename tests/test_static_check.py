@@ -12,6 +12,8 @@ from beam_pipeline.main import run
 from tests.conftest import FNAPI
 from tests.helpers import read_jsonl_dir
 
+pytestmark = pytest.mark.timeout(600)  # Pyright runs
+
 CLEAN = 'def root(x):\n    """Square root."""\n    return math.sqrt(x)'
 BROKEN = 'def g(x):\n    """Uses a name nobody defines."""\n    return undefined_helper(x)'
 ADDS_OS = 'def here(p):\n    """Joins."""\n    return os.path.join(p, "x")'

@@ -15,6 +15,8 @@ from tests.conftest import FNAPI
 from tests.helpers import read_jsonl_dir
 from tests.model_server.scripted import ScriptedServer
 
+pytestmark = pytest.mark.timeout(300)  # pipeline runs
+
 N_SAMPLES = 2
 
 

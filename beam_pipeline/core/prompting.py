@@ -32,7 +32,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from beam_pipeline.core.program import PYTHON_TAGS, build_program, fence_spans, fenced_blocks
+from beam_pipeline.core.program import fence_spans
 
 CATEGORIES: tuple[tuple[str, float], ...] = (("function", 0.5), ("class", 0.25), ("program", 0.25))
 DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
@@ -456,17 +456,3 @@ def parse_judge(text: str) -> Parsed:
     words = re.findall(r"[a-z]+", text.lower())
     yes, no = words.count("yes"), words.count("no")
     return Parsed(value=yes > no, detail=f"yes={yes} no={no}")
-
-
-# --------------------------------------------------------------------------------------------
-# Code blocks (used to check the few-shot pool with the execution stage's own rules)
-
-
-def code_blocks(text: str) -> list[str]:
-    """The Python blocks of `text`, as execution reads them."""
-    return [body for tag, body in fenced_blocks(text) if tag in PYTHON_TAGS]
-
-
-def program_of(response: str, tests: str) -> str:
-    """The program execution runs for a response and its tests."""
-    return build_program(response, tests).source

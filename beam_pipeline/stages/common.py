@@ -335,18 +335,16 @@ class ReadJsonl(beam.PTransform):
 class WriteStageOutputs(beam.PTransform):
     """Writes a stage's main output, its rejections and its dead letters under `out_dir`."""
 
-    def __init__(self, out_dir: str, stage: str, num_shards: int = 0, write_main: bool = True):
+    def __init__(self, out_dir: str, stage: str, num_shards: int = 0):
         super().__init__()
         self.out_dir = out_dir.rstrip("/")
         self.stage = stage
         self.num_shards = num_shards
-        self.write_main = write_main
 
     def expand(self, outputs: tuple) -> None:  # type: ignore[override]
         # Beam may hand the NamedTuple over as a plain tuple; its usage part is not written.
         main, rejected, errors = outputs[0], outputs[1], outputs[2]
-        if self.write_main:
-            main | "WriteMain" >> WriteJsonl(f"{self.out_dir}/{self.stage}", self.num_shards)
+        main | "WriteMain" >> WriteJsonl(f"{self.out_dir}/{self.stage}", self.num_shards)
         # Side outputs are sharded like the main one: one shard would put a whole run's
         # rejections on one worker.
         rejected | "WriteRejected" >> WriteJsonl(

@@ -1,4 +1,4 @@
-"""NearDedup and ExactDedup: any record with an `id` -> the same records, duplicates rejected.
+"""NearDedup: any record with an `id` -> the same records, duplicates rejected.
 
 NearDedup (method.md §1 seeds at 0.5, §4 final pairs at 0.7): MinHash LSH on word 5-gram
 shingles, clusters as connected components of band collisions, the member with the smallest
@@ -34,15 +34,10 @@ sequence, each pass on the previous pass's survivors. Per pass:
 
 Every step is a function of grouped sets and minima, so the kept set is the same on any runner,
 worker count and bundle split.
-
-ExactDedup: whitespace-normalised text (runs of whitespace -> one space, ends stripped); per
-distinct text the record with the smallest id is kept, the others become
-Rejection(reason="exact_duplicate", detail=<kept id>).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import re
@@ -76,7 +71,6 @@ TextGetter = str | Callable[[Any], str | None]
 
 class DedupReason(StrEnum):
     NEAR_DUPLICATE = "near_duplicate"
-    EXACT_DUPLICATE = "exact_duplicate"
 
 
 TOO_SHORT = "too_short_for_dedup"
@@ -87,7 +81,6 @@ _SHORT = "short"
 _STATS = "stats"
 _SETTLED = "settled"
 _LEAF = "leaf"
-_WHITESPACE_RE = re.compile(r"\s+")
 
 
 def text_of(record: Any, getter: TextGetter) -> str:
@@ -510,58 +503,3 @@ class NearDedup(beam.PTransform):
             passes.append(outputs)
             current = outputs.main
         return merge_outputs("NearDedup", *passes)
-
-
-# ---------------------------------------------------------------------------------------------
-# ExactDedup
-
-
-def normalize_whitespace(text: str) -> str:
-    return _WHITESPACE_RE.sub(" ", text).strip()
-
-
-class KeyByTextFn(StageFn):
-    def __init__(self, stage: str, getter: TextGetter) -> None:
-        super().__init__(stage)
-        self.getter = getter
-
-    def handle(self, record: Record) -> Iterator[tuple[bytes, Record]]:
-        text = normalize_whitespace(text_of(record, self.getter))
-        yield hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest(), record
-
-
-class KeepSmallestIdFn(StageFn):
-    def handle(self, element: tuple[bytes, Iterable[Record]]) -> Iterator[Any]:
-        copies = sorted(element[1], key=lambda r: (r.id, r.to_json()))
-        yield copies[0]
-        for record in copies[1:]:
-            yield Rejection.of(self.stage, DedupReason.EXACT_DUPLICATE, record, copies[0].id)
-
-
-class ExactDedup(beam.PTransform):
-    """Keeps one record per whitespace-normalised text (the smallest id)."""
-
-    def __init__(self, stage: str, text: TextGetter, accounting: Accounting | None = None) -> None:
-        super().__init__()
-        self.stage = stage
-        self.getter = text
-        self.accounting = accounting
-
-    def expand(self, records: beam.PCollection) -> StageOutputs:
-        keyed = records | "KeyByText" >> beam.ParDo(
-            KeyByTextFn(self.stage, self.getter)
-        ).with_outputs(REJECTED, ERRORS, main=MAIN)
-        kept = (
-            keyed[MAIN]
-            | "GroupCopies" >> beam.GroupByKey()
-            | "KeepSmallestId"
-            >> beam.ParDo(KeepSmallestIdFn(self.stage)).with_outputs(REJECTED, ERRORS, main=MAIN)
-        )
-        outputs = merge_outputs(
-            "ExactDedup",
-            StageOutputs(keyed[MAIN], keyed[REJECTED], keyed[ERRORS]),
-            StageOutputs(kept[MAIN], kept[REJECTED], kept[ERRORS]),
-        )
-        if self.accounting is not None:
-            self.accounting.count_stage(self.stage, records, outputs)
-        return outputs

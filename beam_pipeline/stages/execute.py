@@ -37,6 +37,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
+from beam_pipeline.config import ExecutionConfig
 from beam_pipeline.core.program import build_program, program_sha
 from beam_pipeline.records import DeadLetter, Execution, Rejection, Sample
 from beam_pipeline.stages.common import (
@@ -59,8 +60,7 @@ from sandbox_image import (
 STAGE = "execution"
 # Bumped when what makes a verdict changes: results cached under another rule are not reused.
 VERDICT_RULES = "own-time-1"
-# Execution records carry program output: keep it short, there are millions of them.
-DEFAULT_SANDBOX = SandboxConfig(max_output_bytes=8192)
+DEFAULT_SANDBOX = ExecutionConfig().sandbox_config()
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_pipeline.config import GenerationConfig
 from beam_pipeline.core import prompting
 from beam_pipeline.core.prompting import Reason
 from beam_pipeline.records import DeadLetter, Record, Rejection
@@ -54,98 +55,6 @@ from model_server.client import (
 from model_server.serve import ServeConfig
 
 log = logging.getLogger(__name__)
-
-
-class GenerationConfigError(ValueError):
-    """A generation option that cannot work."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationConfig:
-    """Options of the model-calling stages (flags in brackets)."""
-
-    model: str = "smollm2"  # [--model] served name (with a URL) or model to serve per worker
-    model_server_url: str | None = None  # [--model_server_url]
-    # Sampling (method.md §2)
-    temperature: float = 0.7  # [--temperature]
-    top_p: float = 1.0  # [--top_p]
-    max_new_tokens: int = 1536  # [--max_new_tokens]
-    num_samples: int = 10  # [--num_samples] I->R samples per instruction
-    concepts_k: int = 8  # [--concepts_k]
-    instruction_k: int = 8  # [--instruction_k]
-    response_k: int = 1  # [--response_k]
-    judge_k: int = 7  # [--judge_k]
-    request_seeds: bool = True  # [--no_request_seeds] send the per-item sampler seed
-    # Client
-    max_in_flight: int = 64  # [--max_in_flight] requests on the wire per worker process, at most
-    admission_control: bool = True  # [--no_admission_control] adaptive, n-weighted limit
-    batch_size: int = 16  # [--batch_size] elements per BatchElements batch
-    request_timeout_s: float = 900.0  # [--request_timeout_s]
-    max_retries: int = 6  # [--max_retries]
-    cache_dir: str | None = None  # [--cache_dir] response cache (any fsspec path)
-    health_interval_s: float = 10.0  # how often in-flight work checks for a dead engine
-    engine_down_max_s: float = 1800.0  # [--engine_down_max_s] wait for a down engine, then error
-    # Managed server (when no URL is given)
-    served_model_name: str | None = None  # [--served_model_name]
-    max_model_len: int = 4096  # [--max_model_len]
-    cpu_kvcache_gib: float = 2.0  # [--cpu_kvcache_gib]
-    tensor_parallel_size: int = 1  # [--tensor_parallel_size]
-    gpu_memory_utilization: float | None = None  # [--gpu_memory_utilization]
-    max_num_seqs: int | None = None  # [--max_num_seqs]
-    server_linger_s: float = 60.0  # keep an idle managed server this long for the next stage
-    # A command that replaces vLLM's api_server for the managed server (same flags).
-    server_launcher: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        positive = ("max_new_tokens", "num_samples", "max_in_flight", "batch_size", "max_model_len")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise GenerationConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("concepts_k", "instruction_k", "response_k", "judge_k", "max_retries"):
-            if getattr(self, name) < 0:
-                raise GenerationConfigError(f"--{name} must be >= 0")
-        if self.engine_down_max_s < 0:
-            raise GenerationConfigError("--engine_down_max_s must be >= 0")
-        if not 0.0 <= self.temperature <= 5.0:
-            raise GenerationConfigError("--temperature must be in [0, 5]")
-        if not 0.0 < self.top_p <= 1.0:
-            raise GenerationConfigError("--top_p must be in (0, 1]")
-        if not self.model:
-            raise GenerationConfigError("--model is required")
-        if self.model_server_url is not None and not self.model_server_url.startswith(
-            ("http://", "https://")
-        ):
-            raise GenerationConfigError("--model_server_url must start with http:// or https://")
-
-    @property
-    def client_model_name(self) -> str:
-        return self.served_model_name or self.model
-
-    def client_config(self, base_url: str, model_name: str) -> ClientConfig:
-        return ClientConfig(
-            base_url=base_url,
-            model=model_name,
-            max_in_flight=self.max_in_flight,
-            timeout_s=self.request_timeout_s,
-            max_retries=self.max_retries,
-            cache_dir=self.cache_dir,
-            send_seed=self.request_seeds,
-            health_interval_s=self.health_interval_s,
-            engine_down_max_s=self.engine_down_max_s,
-            admission=self.admission_control,
-        )
-
-    def serve_config(self, model_path: str) -> ServeConfig:
-        return ServeConfig(
-            model=model_path,
-            served_model_name=self.client_model_name,
-            max_model_len=self.max_model_len,
-            cpu_kvcache_gib=self.cpu_kvcache_gib,
-            tensor_parallel_size=self.tensor_parallel_size,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            max_num_seqs=self.max_num_seqs,
-            launcher=self.server_launcher,
-        )
 
 
 class ModelAccess:

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from beam_pipeline.core import prompting as p
+from beam_pipeline.core.program import build_program
 from beam_pipeline.core.prompting import Reason
 
 SEED = 'def add(a, b):\n    """Return the sum of a and b."""\n    return a + b'
@@ -206,8 +207,9 @@ def test_pool_covers_categories_and_difficulties() -> None:
             assert (category, difficulty) in seen
     for ex in pool:
         assert ex.snippet and ex.concepts and ex.instruction
-        assert p.code_blocks(ex.response), ex.id
-        assert "assert" in ex.tests and p.code_blocks(ex.tests), ex.id
+        # Both sides hold a Python block the execution stage runs.
+        assert build_program(ex.response).blocks >= 1, ex.id
+        assert "assert" in ex.tests and build_program("", ex.tests).blocks >= 1, ex.id
         # Examples must themselves parse the way generated text is parsed.
         completion = p.response_block(ex.instruction, ex.response, ex.tests).split("<response>", 1)[
             1

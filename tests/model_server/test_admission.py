@@ -19,15 +19,18 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline.config import GenerationConfig
 from beam_pipeline.records import Sample, Seed
 from beam_pipeline.stages.concepts import ExtractConcepts
-from beam_pipeline.stages.generation import GenerationConfig
 from beam_pipeline.stages.instructions import GenerateInstructions
 from beam_pipeline.stages.responses import GenerateResponses
 from model_server import client as client_mod
 from model_server.client import AdmissionLimit, ClientConfig, ModelClient, SamplingParams
+from tests.helpers import make_seed
 from tests.model_server.scheduling import SchedulingServer, sequence_length, utilisation
 from tests.model_server.scripted import scripted_text
+
+pytestmark = pytest.mark.timeout(600)  # four worker processes, a 15 s outage
 
 FOUR_WORKERS = [
     "--runner=FnApiRunner",
@@ -157,11 +160,7 @@ def test_admission_keeps_the_sequences_on_the_wire_near_the_slots(
 
 
 def _seeds(count: int) -> list[Seed]:
-    out = []
-    for i in range(count):
-        text = f'def f{i}(x):\n    """Return x plus {i}."""\n    return x + {i}'
-        out.append(Seed(id=Seed.make_id(text), seed=text, sha1=f"sha{i}", path=f"p{i}.py"))
-    return out
+    return [make_seed(i) for i in range(count)]
 
 
 def _run_stages(server: SchedulingServer, out_dir: pathlib.Path) -> dict[str, list[dict]]:
@@ -177,7 +176,8 @@ def _run_stages(server: SchedulingServer, out_dir: pathlib.Path) -> dict[str, li
         responses = instructions.main | GenerateResponses(cfg)
         named = {"concepts": concepts, "instructions": instructions, "responses": responses}
         for stage, outputs in named.items():
-            for kind, pcoll in zip(("main", "rejected", "errors"), outputs, strict=True):
+            records = (outputs.main, outputs.rejected, outputs.errors)  # not the usage output
+            for kind, pcoll in zip(("main", "rejected", "errors"), records, strict=True):
                 _ = (
                     pcoll
                     | f"Json{stage}{kind}" >> beam.Map(lambda r: r.to_json())

@@ -14,6 +14,8 @@ from model_server import client as client_mod
 from model_server.client import ClientConfig, ModelClient, SamplingParams
 from tests.model_server.scripted import ScriptedServer, scripted_text
 
+pytestmark = pytest.mark.timeout(300)  # retries with back-off
+
 
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:

@@ -14,6 +14,8 @@ import pytest
 
 from model_server import prepare as prep
 
+pytestmark = pytest.mark.timeout(300)  # model preparation
+
 
 def _fake_wheel(directory: pathlib.Path, package: str, member: str, data: bytes) -> None:
     directory.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ from model_server.serve import (
 )
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.timeout(300)  # server processes
+
 SCRIPTED = (sys.executable, "-m", "tests.model_server.scripted")
 
 

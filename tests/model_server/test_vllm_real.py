@@ -13,7 +13,8 @@ from model_server.prepare import MANIFEST, read_manifest, verify
 from model_server.serve import ServeConfig, VLLMServer
 from tests.vllm_fixture import prepared_model_dir
 
-pytestmark = pytest.mark.vllm
+# A real vLLM CPU server starts (tens of seconds) and generates.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 
 def client_for(server: VLLMServer, **kw: object) -> ModelClient:

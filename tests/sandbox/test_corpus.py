@@ -32,6 +32,8 @@ from tests.sandbox.conftest import (
     supervisor_pids,
 )
 
+pytestmark = pytest.mark.timeout(300)  # sandboxed programs
+
 
 @dataclasses.dataclass
 class Context:

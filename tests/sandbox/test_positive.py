@@ -14,6 +14,8 @@ import pytest
 from sandbox_image import SandboxConfig, SandboxPool, SandboxUnavailable, run_program
 from tests.sandbox.conftest import ORDINARY_TIMEOUT_S, TEST_CONFIG, backend_available
 
+pytestmark = pytest.mark.timeout(300)  # sandboxed programs
+
 RELAXED = TEST_CONFIG.replace(timeout_s=ORDINARY_TIMEOUT_S)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -15,6 +15,8 @@ from sandbox_image import MachineSlots, machine_slots
 from sandbox_image.slots import default_slots_dir, machine_cores
 from tests.sandbox.conftest import backend_available
 
+pytestmark = pytest.mark.timeout(300)  # processes that wait for slots
+
 REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """

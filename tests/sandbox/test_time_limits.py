@@ -17,6 +17,8 @@ import pytest
 from sandbox_image import SandboxPool, run_program
 from tests.sandbox.conftest import TEST_CONFIG
 
+pytestmark = pytest.mark.timeout(300)  # programs that run into their limits
+
 LOOP = "while True:\n    pass\n"
 
 

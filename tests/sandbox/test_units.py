@@ -21,6 +21,8 @@ from sandbox_image.supervisor import (
     remove_path,
 )
 
+pytestmark = pytest.mark.timeout(300)  # sandboxed programs
+
 
 @pytest.mark.parametrize(
     ("exit_code", "sig", "timed_out", "cpu", "memory", "status"),

@@ -14,6 +14,8 @@ from sft.train import train
 
 from .conftest import FINAL_JSONL, make_recipe
 
+pytestmark = pytest.mark.timeout(600)  # multi-process training
+
 SETTINGS = {
     "max_steps": 4,
     "global_batch_size": 6,
@@ -89,6 +91,7 @@ def test_fsdp_matches_one_process(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_fsdp_resume_matches_one_process(
     tiny_model_dir: Path, tmp_path: Path, single_losses: list[float]
 ) -> None:

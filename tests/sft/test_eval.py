@@ -23,6 +23,8 @@ from sft.template import build_prompt
 
 from .fake_openai import FakeCompletionsServer
 
+pytestmark = pytest.mark.timeout(300)  # evaluation of tiny models
+
 HUMANEVAL = load_humaneval()
 
 

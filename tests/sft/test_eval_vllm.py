@@ -11,6 +11,7 @@ from tests.vllm_fixture import vllm_server  # noqa: F401 - the session's shared 
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(900)  # a real vLLM CPU server starts and generates
 def test_smollm2_humaneval_through_vllm(vllm_server: Any, pool: Any) -> None:  # noqa: F811
     config = EvalConfig(
         base_url=vllm_server.base_url,

@@ -20,6 +20,8 @@ from sft.train import run_step, train
 
 from .conftest import make_recipe
 
+pytestmark = pytest.mark.timeout(300)  # tiny models
+
 CPU = DistEnv(0, 1, 0, torch.device("cpu"))
 FP32 = Precision(torch.float32, False)
 

@@ -12,6 +12,8 @@ from sft.data import IGNORE_INDEX, Pair, RejectReason, bos_text, encode_pairs, s
 from sft.template import build_prompt
 from sft.tiny import TOKENIZER_KINDS, build_tokenizer
 
+pytestmark = pytest.mark.timeout(300)  # tokenizers built from text
+
 REPO = Path(__file__).resolve().parents[2]
 INSTRUCTION = "Write a function `f`.\n  The second line is indented.  "
 

@@ -21,6 +21,8 @@ from sft.train import loss_sum, run_step, train
 
 from .conftest import FINAL_JSONL, make_recipe
 
+pytestmark = pytest.mark.timeout(600)  # training runs
+
 
 def test_a_tiny_model_overfits_a_fixed_batch(tiny_model_dir: Path, tmp_path: Path) -> None:
     # Four examples and a global batch of four: every step sees the same batch.

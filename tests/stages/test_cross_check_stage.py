@@ -15,6 +15,9 @@ from beam_pipeline.stages.cross_check import CrossCheck
 from beam_pipeline.stages.execute import ExecuteSamples
 from beam_pipeline.stages.select import SelectSamples
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
+from tests.helpers import make_sample
+
+pytestmark = pytest.mark.timeout(300)  # sandboxed execution
 
 SANDBOX = SandboxConfig(timeout_s=5.0, memory_mb=512, preload=(), max_output_bytes=2048)
 
@@ -36,18 +39,7 @@ def _tests(*asserts: str) -> str:
 
 
 def _sample(instruction_id: str, index: int, response: str, tests: str) -> Sample:
-    return Sample(
-        id=Sample.make_id(instruction_id, index),
-        seed="def s(x):\n    return x",
-        concepts="c",
-        category="function",
-        difficulty="medium",
-        instruction=f"Write add for task {instruction_id}.",
-        instruction_id=instruction_id,
-        sample_index=index,
-        response=response,
-        tests=tests,
-    )
+    return make_sample(instruction_id, index, response=response, tests=tests)
 
 
 def _executed(sample: Sample, status: str) -> Execution:

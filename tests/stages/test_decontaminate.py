@@ -15,21 +15,11 @@ from beam_pipeline.core.decontam import BenchmarkUnavailable, DecontamConfig, no
 from beam_pipeline.records import Sample
 from beam_pipeline.stages.decontaminate import Decontaminate, load_benchmark_items
 from tests.conftest import FNAPI
+from tests.helpers import make_sample
 
 
 def _sample(index: int, instruction: str, response: str) -> Sample:
-    return Sample(
-        id=f"p{index:04d}.0",
-        seed="",
-        concepts="",
-        category="function",
-        difficulty="easy",
-        instruction=instruction,
-        instruction_id=f"p{index:04d}",
-        sample_index=0,
-        response=response,
-        tests="assert True",
-    )
+    return make_sample(f"p{index:04d}", instruction=instruction, response=response)
 
 
 CLEAN_INSTRUCTION = "Write a function that merges two sorted lists into one sorted list."

@@ -15,6 +15,9 @@ from beam_pipeline.core.program import build_program
 from beam_pipeline.records import Sample
 from beam_pipeline.stages.execute import ExecuteSamples
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
+from tests.helpers import make_sample
+
+pytestmark = pytest.mark.timeout(300)  # sandboxed execution
 
 # A generous wall-clock cap: the loop's 2 s are its own time, however busy the machine is.
 SANDBOX = SandboxConfig(
@@ -42,18 +45,7 @@ NO_CODE = ("I would rather not.", "```text\nnothing\n```")
 
 
 def _sample(name: str, response: str, tests: str) -> Sample:
-    return Sample(
-        id=f"{name}.0",
-        seed="def s():\n    return 1",
-        concepts="c",
-        category="function",
-        difficulty="easy",
-        instruction=f"Task {name}",
-        instruction_id=name,
-        sample_index=0,
-        response=response,
-        tests=tests,
-    )
+    return make_sample(name, response=response, tests=tests)
 
 
 def _samples() -> list[Sample]:

@@ -1,8 +1,8 @@
 """Every few-shot example's response, followed by its tests, runs and passes.
 
-The program is built the way the execution stage builds one (every fenced block of the
-response, then of the tests). It runs in the project's sandbox when that is available, else in
-a plain `python -I` subprocess with a timeout.
+The program is built by the execution stage's own `core.program.build_program` (every Python
+fenced block of the response, then of the tests). It runs in the project's sandbox when that
+is available, else in a plain `python -I` subprocess with a timeout.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from beam_pipeline.core.prompting import FewShotExample, fewshot_pool, program_of
+from beam_pipeline.core.program import build_program
+from beam_pipeline.core.prompting import FewShotExample, fewshot_pool
 
 
 def _run(source: str) -> tuple[bool, str]:
@@ -37,13 +38,13 @@ def _run(source: str) -> tuple[bool, str]:
 
 @pytest.mark.parametrize("example", fewshot_pool(), ids=lambda ex: ex.id)
 def test_fewshot_example_passes_its_tests(example: FewShotExample) -> None:
-    passed, detail = _run(program_of(example.response, example.tests))
+    passed, detail = _run(build_program(example.response, example.tests).source)
     assert passed, f"{example.id}: {detail}"
 
 
 @pytest.mark.parametrize("example", fewshot_pool()[:3], ids=lambda ex: ex.id)
 def test_a_broken_response_fails_its_tests(example: FewShotExample) -> None:
     """The harness can fail: an implementation replaced by a stub does not pass."""
-    stubbed = program_of("```python\npass\n```", example.tests)
+    stubbed = build_program("```python\npass\n```", example.tests).source
     passed, _ = _run(stubbed)
     assert not passed

@@ -13,16 +13,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from beam_pipeline.config import GenerationConfig, GenerationConfigError
 from beam_pipeline.core.prompting import rebuild_prompt
 from beam_pipeline.records import Concepts, Instruction, Sample, Seed
 from beam_pipeline.stages.concepts import ExtractConcepts
-from beam_pipeline.stages.generation import GenerationConfig, GenerationConfigError
 from beam_pipeline.stages.instructions import GenerateInstructions
 from beam_pipeline.stages.judge import JudgeSeeds
 from beam_pipeline.stages.responses import GenerateResponses
 from model_server import managed
 from tests.conftest import FNAPI, MULTIPROCESS
+from tests.helpers import make_instruction, make_seed, seed_function
 from tests.model_server.scripted import ScriptedServer
+
+pytestmark = pytest.mark.timeout(300)  # generation on worker processes
 
 N = 3
 
@@ -48,23 +51,6 @@ def config(server: ScriptedServer, **kw: object) -> GenerationConfig:
     return GenerationConfig(**settings)
 
 
-def seed(i: int, extra: str = "") -> Seed:
-    text = f'def f{i}(x):\n    """Return x plus {i}.{extra}"""\n    return x + {i}'
-    return Seed(id=Seed.make_id(text), seed=text, sha1=f"sha{i}", path=f"p{i}.py")
-
-
-def instruction(i: int, text: str) -> Instruction:
-    return Instruction(
-        id=f"i{i:02d}",
-        seed=f"def s{i}(): return {i}",
-        sha1=f"sha{i}",
-        concepts=("loops",),
-        category="function",
-        difficulty="easy",
-        instruction=text,
-    )
-
-
 FAULT_CASES = {
     # instruction text -> (sample indexes kept, rejection reason for the others, dead letter?)
     "Write a.": (range(N), None, False),
@@ -86,7 +72,7 @@ FAULT_CASES = {
 def test_responses_every_input_ends_once_as_sample_rejection_or_dead_letter(
     server: ScriptedServer,
 ) -> None:
-    items = [instruction(i, text) for i, text in enumerate(FAULT_CASES)]
+    items = [make_instruction(i, text) for i, text in enumerate(FAULT_CASES)]
     want_main, want_rejected, want_errors = [], [], []
     for item, (kept, reason, dead) in zip(items, FAULT_CASES.values(), strict=True):
         if dead:
@@ -116,7 +102,7 @@ def test_responses_every_input_ends_once_as_sample_rejection_or_dead_letter(
 
 
 def test_samples_carry_every_field(server: ScriptedServer) -> None:
-    item = instruction(1, "Write x.")
+    item = make_instruction(1, "Write x.")
     with TestPipeline(options=PipelineOptions(FNAPI)) as pipeline:
         out = pipeline | beam.Create([item]) | GenerateResponses(config(server))
 
@@ -189,7 +175,10 @@ def run_chain(
 
 
 def test_chain_accounts_for_every_seed(server: ScriptedServer, tmp_path: pathlib.Path) -> None:
-    seeds = [seed(i) for i in range(6)] + [seed(10, " BADDOC"), seed(11, " FAULT:400")]
+    seeds = [make_seed(i) for i in range(6)] + [
+        make_seed(10, seed=seed_function(10, " BADDOC")),
+        make_seed(11, seed=seed_function(11, " FAULT:400")),
+    ]
     out = run_chain(seeds, config(server), tmp_path, FNAPI)
     ids = lambda key: [r["id"] for r in out.get(key, [])]  # noqa: E731
     judged_ok = {s.id for s in seeds[:6]}
@@ -228,7 +217,7 @@ def test_chain_accounts_for_every_seed(server: ScriptedServer, tmp_path: pathlib
 def test_prompts_rebuilt_from_records_are_the_prompts_sent(
     server: ScriptedServer, tmp_path: pathlib.Path
 ) -> None:
-    seeds = [seed(i, " rebuild") for i in range(5)]
+    seeds = [make_seed(i, seed=seed_function(i, " rebuild")) for i in range(5)]
     server.reset_counts()
     out = run_chain(
         seeds, config(server, concepts_k=3, instruction_k=2, response_k=2), tmp_path, FNAPI
@@ -258,7 +247,7 @@ def test_rerun_with_cache_sends_no_generation_request(
     server: ScriptedServer, tmp_path: pathlib.Path
 ) -> None:
     cfg = config(server, cache_dir=str(tmp_path / "cache"))
-    seeds = [seed(i) for i in range(4)]
+    seeds = [make_seed(i) for i in range(4)]
     first = run_chain(seeds, cfg, tmp_path / "first", FNAPI)
     before = server.generation_requests
     second = run_chain(seeds, cfg, tmp_path / "second", FNAPI)
@@ -270,7 +259,7 @@ def test_rerun_with_cache_sends_no_generation_request(
 def test_same_outputs_on_one_worker_and_two_worker_processes(
     server: ScriptedServer, tmp_path: pathlib.Path
 ) -> None:
-    seeds = [seed(i) for i in range(8)]
+    seeds = [make_seed(i) for i in range(8)]
     cfg = config(server)
     one = run_chain(seeds, cfg, tmp_path / "one", FNAPI)
     two = run_chain(seeds, cfg, tmp_path / "two", MULTIPROCESS)
@@ -281,14 +270,16 @@ def test_same_outputs_on_one_worker_and_two_worker_processes(
 def test_different_batch_sizes_give_the_same_prompts(
     server: ScriptedServer, tmp_path: pathlib.Path
 ) -> None:
-    seeds = [seed(i) for i in range(5)]
+    seeds = [make_seed(i) for i in range(5)]
     a = run_chain(seeds, config(server, batch_size=1), tmp_path / "a", FNAPI)
     b = run_chain(seeds, config(server, batch_size=16, max_in_flight=2), tmp_path / "b", FNAPI)
     assert a == b
 
 
 def test_dead_engine_turns_pending_work_into_dead_letters(tmp_path: pathlib.Path) -> None:
-    items = [instruction(0, "Write z. FAULT:DEAD")] + [instruction(i, f"w{i}") for i in range(1, 6)]
+    items = [make_instruction(0, "Write z. FAULT:DEAD")] + [
+        make_instruction(i, f"w{i}") for i in range(1, 6)
+    ]
     with ScriptedServer(hang_s=120.0) as srv:
         cfg = config(
             srv, request_timeout_s=300.0, max_in_flight=1, batch_size=1, health_interval_s=0.5,
@@ -314,7 +305,7 @@ def test_managed_server_mode_starts_and_stops_a_server_per_worker(tmp_path: path
         server_linger_s=0,
         num_samples=2,
     )
-    seeds = [seed(i) for i in range(3)]
+    seeds = [make_seed(i) for i in range(3)]
     out = run_chain(seeds, cfg, tmp_path / "out", FNAPI)
     assert len(out["responses-main"]) == 3 * 2
     assert {r["model"] for r in out["responses-main"]} == {"stand-in"}

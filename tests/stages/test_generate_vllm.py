@@ -6,14 +6,15 @@ import pathlib
 
 import pytest
 
+from beam_pipeline.config import GenerationConfig
 from beam_pipeline.records import Concepts, Seed
-from beam_pipeline.stages.generation import GenerationConfig
 from model_server.serve import VLLMServer
 from tests.conftest import FNAPI
 from tests.stages.test_generate_scripted import run_chain
 from tests.vllm_fixture import vllm_server  # noqa: F401 - the shared session fixture
 
-pytestmark = pytest.mark.vllm
+# A real vLLM CPU server starts (tens of seconds) and generates.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 SEEDS = [
     '''def mean(values):

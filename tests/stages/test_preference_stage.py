@@ -16,6 +16,7 @@ from beam_pipeline.stages.preference import PairPreferences
 from beam_pipeline.stages.select import SelectSamples
 from beam_pipeline.stages.stats import AttachExecutionStats
 from sft.template import build_prompt
+from tests.helpers import make_execution
 
 ASSERTION = 'Traceback (most recent call last):\n  File "main.py", line 4\nAssertionError\n'
 SYNTAX = '  File "main.py", line 1\n    def f(:\nSyntaxError: invalid syntax\n'
@@ -25,19 +26,14 @@ def _execution(
     instruction_id: str, index: int, status: str, stderr: str = "", body: str = ""
 ) -> Execution:
     name = f"f_{instruction_id}"
-    return Execution(
-        id=f"{instruction_id}.{index}",
-        seed="def s(x):\n    return x",
-        concepts="c",
-        category="function",
+    return make_execution(
+        instruction_id,
+        index,
+        status,
         difficulty="medium",
         instruction=f"Write {name}.",
-        instruction_id=instruction_id,
-        sample_index=index,
         response=f"```python\ndef {name}(x):\n    return {body or f'x + {index}'}\n```",
         tests=f"```python\nassert {name}(1) == 2\n```",
-        program_sha="planted",
-        status=status,
         stderr=stderr,
     )
 

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, Phase, given, settings
@@ -23,6 +24,9 @@ from beam_pipeline.core.selection import (
 )
 from beam_pipeline.records import Execution
 from beam_pipeline.stages.select import SelectSamples, ShowTestsInInstruction, to_final
+from tests.helpers import make_execution
+
+pytestmark = pytest.mark.timeout(300)  # property tests, each a pipeline
 
 TESTS = "```python\nassert f(1) == 1\n```"
 
@@ -34,19 +38,15 @@ def _sample(
     status: str = "passed",
     extra: str = "",
 ) -> Execution:
-    return Execution(
-        id=sid,
-        seed="def s(x):\n    return x",
-        concepts="c",
-        category="function",
-        difficulty="easy",
+    """Execution `sid` ("<instruction id>.<index>") whose response shows `code`."""
+    instruction_id, index = sid.split(".")
+    return make_execution(
+        instruction_id,
+        int(index),
+        status,
         instruction=instruction,
-        instruction_id=sid.split(".")[0],
-        sample_index=int(sid.split(".")[1]),
         response=f"Here.\n\n```python\n{code}\n```{extra}",
         tests=TESTS,
-        program_sha="p",
-        status=status,
     )
 
 
