@@ -43,7 +43,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import apache_beam as beam
 import numpy as np
@@ -329,7 +329,10 @@ class _ConnectedComponents(beam.PTransform):
         settled: list[beam.PCollection] = []
         ran: list[beam.PCollection] = []
         for number in range(1, self.max_rounds + 1):
-            edges, stats = edges | f"Round{number}" >> _StarRound()
+            # Beam types a composite's result as PValue; _StarRound returns two PCollections.
+            edges, stats = cast(
+                tuple[beam.PCollection, beam.PCollection], edges | f"Round{number}" >> _StarRound()
+            )
             # A round whose input had no unsettled node changed nothing: its edges are the
             # final stars and skip the remaining rounds, which then receive nothing.
             routed = edges | f"Route{number}" >> beam.ParDo(
@@ -339,7 +342,10 @@ class _ConnectedComponents(beam.PTransform):
             ran.append(stats | f"Ran{number}" >> beam.Map(lambda _, n=number: n))
             edges = routed[MAIN]
         # Still routed to main after the last round only if that round's input was unsettled.
-        finished, leftover = edges | "Finish" >> _FinishComponents(self.stage, self.max_rounds)
+        finished, leftover = cast(
+            tuple[beam.PCollection, beam.PCollection],
+            edges | "Finish" >> _FinishComponents(self.stage, self.max_rounds),
+        )
         rounds = (
             ran
             | "FlattenRan" >> beam.Flatten()

@@ -66,7 +66,7 @@ class JoinStatsFn(StageFn):
 
     def handle(
         self, joined: tuple[str, dict[str, Iterable]]
-    ) -> Iterator[tuple[FinalPair, core.InstructionStats]]:
+    ) -> Iterator[tuple[FinalPair, core.InstructionStats] | DeadLetter]:
         pairs = sorted(joined[1]["pairs"], key=lambda p: p.id)
         summaries = list(joined[1]["stats"])
         for pair in pairs:
