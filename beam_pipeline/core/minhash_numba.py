@@ -339,7 +339,7 @@ def distinct_shingles(
                     break
                 if slot_key[slot] == key:
                     k = slot_token[slot]
-                    if _same_slices(words, start, end, starts[k], ends[k + ngram - 1]):
+                    if _same_slices(words, start, end, int(starts[k]), int(ends[k + ngram - 1])):
                         break
                 slot = (slot + 1) & mask
         doc_shingles[d + 1] = count
