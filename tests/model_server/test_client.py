@@ -112,6 +112,11 @@ def test_dead_engine_fails_pending_requests_after_the_down_limit(server: Scripte
     # plus the 2 s the client may wait for a down engine.
     with make_client(server, timeout_s=60.0, engine_down_max_s=2.0) as client:
         futures = [client.submit("x FAULT:DEAD", SamplingParams())]
+        deadline = time.monotonic() + 15
+        while not server.dead and time.monotonic() < deadline:  # the engine has died
+            time.sleep(0.02)
+        assert server.dead
+        # Sent after the death: none of these can be answered before the outage.
         futures += [client.submit(f"y {i}", SamplingParams()) for i in range(3)]
         results = [f.result(timeout=20) for f in futures]
         assert client.engine_dead
