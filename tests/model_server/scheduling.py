@@ -255,7 +255,7 @@ class SchedulingServer:
                 if headers.get("connection", "").lower() == "close":
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
+            return  # the client went away: nothing to answer
         finally:
             writer.close()
 
