@@ -45,6 +45,9 @@ class GenerationConfigError(ConfigError):
     """A generation option that cannot work."""
 
 
+PROMPT_MODES = ("completion", "chat")
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     """Options of the model-calling stages (flags in brackets)."""
@@ -61,6 +64,9 @@ class GenerationConfig:
     response_k: int = 1  # [--response_k]
     judge_k: int = 7  # [--judge_k]
     request_seeds: bool = True  # [--no_request_seeds] send the per-item sampler seed
+    # [--prompt_mode] completion: the method's few-shot text on /v1/completions; chat: the same
+    # few-shot content as chat turns on /v1/chat/completions (the model's chat template)
+    prompt_mode: str = "completion"
     # Client
     max_in_flight: int = 64  # [--max_in_flight] requests on the wire per worker process, at most
     admission_control: bool = True  # [--no_admission_control] adaptive, n-weighted limit
@@ -91,6 +97,10 @@ class GenerationConfig:
                 raise GenerationConfigError(f"--{name} must be >= 0")
         if self.engine_down_max_s < 0:
             raise GenerationConfigError("--engine_down_max_s must be >= 0")
+        if self.prompt_mode not in PROMPT_MODES:
+            raise GenerationConfigError(
+                f"--prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {self.prompt_mode!r}"
+            )
         if not 0.0 <= self.temperature <= 5.0:
             raise GenerationConfigError("--temperature must be in [0, 5]")
         if not 0.0 < self.top_p <= 1.0:

@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipeline import stack_io
 from beam_pipeline.config import (
     PARSERS,
+    PROMPT_MODES,
     STAGES,
     ExecutionConfig,
     FinalConfig,
@@ -163,6 +164,14 @@ class SelfCodeAlignOptions(PipelineOptions):
         )
         gen.add_argument("--judge_k", type=int, default=7)
         gen.add_argument(
+            "--prompt_mode",
+            choices=PROMPT_MODES,
+            default="completion",
+            help="completion (the method's few-shot prompts on /v1/completions, for base "
+            "models) or chat (the same few-shot content as chat turns on /v1/chat/completions, "
+            "with the model's own chat template, for instruct models).",
+        )
+        gen.add_argument(
             "--no_request_seeds",
             action="store_true",
             default=False,
@@ -308,6 +317,7 @@ class SelfCodeAlignOptions(PipelineOptions):
             response_k=opts.response_k,
             judge_k=opts.judge_k,
             request_seeds=not opts.no_request_seeds,
+            prompt_mode=opts.prompt_mode,
             max_in_flight=opts.max_in_flight,
             batch_size=opts.batch_size,
             request_timeout_s=opts.request_timeout_s,

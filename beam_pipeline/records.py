@@ -142,6 +142,7 @@ class Concepts(Seed):
 
     concepts: tuple[str, ...]
     concepts_examples: tuple[str, ...] = ()  # ids of the few-shot examples in its S->C prompt
+    concepts_prompt_mode: str = ""  # --prompt_mode of S->C ("" in records from before modes)
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
@@ -150,7 +151,7 @@ class Concepts(Seed):
         object.__setattr__(self, "concepts", as_concepts(self.concepts))
 
     @property
-    def concepts_prompt(self) -> str:
+    def concepts_prompt(self) -> prompting.PromptText:
         """The S->C prompt the concepts were generated from (rebuilt, not stored)."""
         return prompting.rebuild_prompt(self, prompting.STAGE_CONCEPTS)
 
@@ -163,10 +164,11 @@ class Instruction(Concepts):
     difficulty: str
     instruction: str
     instruction_examples: tuple[str, ...] = ()  # ids of the few-shot examples in its C->I prompt
+    instruction_prompt_mode: str = ""  # --prompt_mode of C->I ("" for a user's instruction)
     provenance: str = ""  # JSON: the source row of a user-given instruction (--instructions)
 
     @property
-    def instruction_prompt(self) -> str:
+    def instruction_prompt(self) -> prompting.PromptText:
         """The C->I prompt the instruction was generated from (rebuilt, not stored)."""
         return prompting.rebuild_prompt(self, prompting.STAGE_INSTRUCTION)
 
@@ -181,6 +183,7 @@ class Sample(Instruction):
     tests: str
     raw_response: str = ""
     response_examples: tuple[str, ...] = ()  # ids of the few-shot examples in its I->R prompt
+    response_prompt_mode: str = ""  # --prompt_mode of I->R ("" in records from before modes)
     model: str = ""
     sampling: str = ""  # JSON of the sampling parameters used
 
@@ -189,7 +192,7 @@ class Sample(Instruction):
         return f"{instruction_id}.{index}"
 
     @property
-    def response_prompt(self) -> str:
+    def response_prompt(self) -> prompting.PromptText:
         """The I->R prompt of the instruction, shared by its samples (rebuilt, not stored)."""
         return prompting.rebuild_prompt(self, prompting.STAGE_RESPONSE)
 
@@ -222,7 +225,8 @@ class FinalPair(Record):
     instruction: str
     response: str
     tests: str
-    prompt: str  # the I->R prompt, as in the published datasets (rebuilt from the sample)
+    prompt: str  # the I->R prompt, as in the published datasets (chat mode: messages as JSON)
+    prompt_mode: str = ""  # the I->R --prompt_mode: completion or chat
     category: str = ""
     difficulty: str = ""
     model: str = ""

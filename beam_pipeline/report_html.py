@@ -349,6 +349,35 @@ def pass_rate_svg(by_group: dict[str, dict[str, int]]) -> str:
     return "".join(parts)
 
 
+AGREEMENT_STEP = "final.stats.agreement"
+
+
+def agreement_svg(stages: dict[str, dict[str, Any]]) -> str:
+    """With --cross_check: the final pairs by the share of sibling test suites they pass, in
+    tenths ("none": no sibling suite to check against)."""
+    histogram = stages.get(AGREEMENT_STEP, {}).get("by_group", {}).get("agreement")
+    if not histogram:
+        return ""
+    order = [f"{i / 10:.1f}" for i in range(11)] + ["none"]
+    rows = [b for b in order if histogram.get(b)] + sorted(set(histogram) - set(order))
+    total = sum(histogram.values())
+    chart = bar_chart(
+        "agreement",
+        [
+            (
+                bucket if bucket in ("none", "1.0") else f"{bucket}-{float(bucket) + 0.1:.1f}",
+                histogram[bucket],
+                f"stages|{AGREEMENT_STEP}|by_group|agreement|{bucket}",
+                pct(f"agreement_share|{bucket}", histogram[bucket], total, tag="tspan")
+                + " of pairs",
+            )
+            for bucket in rows
+        ],
+    )
+    title = "<h2>Agreement with sibling tests (--cross_check)</h2>"
+    return f"{title}{chart}<p class=note>{NOTES['agreement']}</p>"
+
+
 def pass_rate_table(by_group: dict[str, dict[str, int]]) -> str:
     """by_group: "category/difficulty" -> {status: count}."""
     if not by_group:
@@ -450,6 +479,9 @@ NOTES = {
     "answered in this run (cache hits excluded) over the stage's active span.",
     "failures": "One kind per execution that did not pass: its sandbox verdict (timeout, "
     "memory, crashed) or the exception its traceback ends with.",
+    "agreement": "Each final pair's response was also run against the tests of its "
+    "instruction's other parsed samples; the bars count pairs by the share of those test suites "
+    "it passes (1.0: every one).",
     "counts": "Every count on this page comes from the pipeline's accounting "
     "(OUT/_run/counts-*.jsonl). The runner's own counters, keyed by step, are in report.json "
     "under metrics.",
@@ -482,6 +514,7 @@ def render(report: dict[str, Any], examples: Sequence[dict[str, Any]]) -> str:
         f"<p class=note>{NOTES['failures']}</p>"
         "<h2>Pass rate by category and difficulty</h2>"
         f"{pass_rate_svg(by_group)}{pass_rate_table(by_group)}"
+        f"{agreement_svg(stages)}"
         f"<h2>Stages</h2>{stage_table(stages, timing)}<p class=note>{NOTES['counts']}</p>"
         f'<h2>Examples from the final dataset</h2><div data-part="examples">'
         f"{example_cards(examples)}</div>"

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
+from collections import Counter
 
 import pytest
 
+from beam_pipeline.core.cross_check import agreement_bucket
 from beam_pipeline.main import run
 from beam_pipeline.records import Execution
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
@@ -103,6 +106,13 @@ def test_final_records_carry_stats_agreement_and_preference_pairs(tmp_path: path
     assert stages["final.cross_check"]["in"] == stages["final.cross_check"]["out"] == 27
     histogram = stages["final.stats.agreement"]["by_group"]["agreement"]
     assert histogram == {"1.0": 3, "none": 1}
+    # The page charts the same histogram, recomputed here from the final records.
+    page = (out / "report.html").read_text()
+    key = re.escape("stages|final.stats.agreement|by_group|agreement|")
+    shown = re.findall(rf'data-k="{key}([^"]+)" data-v="(\d+)"', page)
+    buckets = Counter(agreement_bucket(r["agreement"]) for r in final.values())
+    assert {bucket: int(n) for bucket, n in shown} == buckets
+    assert 'data-chart="agreement"' in page
 
     import datasets
 

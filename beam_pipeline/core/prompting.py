@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import json
 import random
 import re
 import tomllib
@@ -207,62 +208,149 @@ def judge_block(code: str, answer: str | None = None) -> str:
     return block if answer is None else f"{block} {answer}"
 
 
+# --------------------------------------------------------------------------------------------
+# Prompt modes: the same few-shot content as one completion text or as chat turns
+
+MODE_COMPLETION = "completion"
+MODE_CHAT = "chat"
+
+Messages = list[dict[str, str]]
+PromptText = str | Messages  # completion text, or chat messages
+
+
+def answer_part(query: str, full: str) -> str:
+    """What an example adds after its query: the assistant turn of a chat few-shot prompt."""
+    if not full.startswith(query):
+        raise ValueError(f"example does not start with its query: {query[:60]!r}")
+    return full[len(query) :].strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShot:
+    """A few-shot prompt before it is rendered: the system text, each example as (query, the
+    same query with its answer), and the query the model answers."""
+
+    system: str
+    examples: tuple[tuple[str, str], ...]
+    query: str
+
+    def completion(self) -> str:
+        """The method's prompt: `## Example i` sections, the last one left open."""
+        return build_prompt(self.system, [full for _, full in self.examples], self.query)
+
+    def chat(self) -> Messages:
+        """The system text, one user/assistant pair per example, then the query as the last
+        user turn: the model's chat template renders them, and its reply is what a base model
+        would write after the open section (the same parsers read it)."""
+        messages = [{"role": "system", "content": self.system.strip()}]
+        for query, full in self.examples:
+            messages.append({"role": "user", "content": query.strip()})
+            messages.append({"role": "assistant", "content": answer_part(query, full)})
+        messages.append({"role": "user", "content": self.query.strip()})
+        return messages
+
+    def render(self, mode: str) -> PromptText:
+        if mode == MODE_CHAT:
+            return self.chat()
+        if mode == MODE_COMPLETION:
+            return self.completion()
+        raise ValueError(f"unknown prompt mode {mode!r}")
+
+
+def drop_echoed_opener(text: str, query: str) -> str:
+    """A chat reply without the query's last line (`### Concepts`, `<response>`, ...) when the
+    model repeats it first, which instruct models often do; anything else is left as is."""
+    opener = query.rstrip().rsplit("\n", 1)[-1].strip()
+    stripped = text.lstrip()
+    if opener and stripped.startswith(opener):
+        return stripped[len(opener) :].lstrip(" ").removeprefix("\n")
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class ConceptsPrompt:
-    prompt: str
+    prompt: PromptText
     example_ids: tuple[str, ...]
+    query: str = ""  # the open section (chat replies are read after its opener)
 
 
 @dataclasses.dataclass(frozen=True)
 class InstructionPrompt:
-    prompt: str
+    prompt: PromptText
     category: str
     difficulty: str
     example_ids: tuple[str, ...]
+    query: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class ResponsePrompt:
-    prompt: str
+    prompt: PromptText
     example_ids: tuple[str, ...]
+    query: str = ""
 
 
-def _concepts_text(chosen: Sequence[FewShotExample], snippet: str) -> str:
-    return build_prompt(
+def _concepts_fewshot(chosen: Sequence[FewShotExample], snippet: str) -> FewShot:
+    return FewShot(
         system_texts()["concepts"],
-        [concepts_block(ex.snippet, ex.concepts) for ex in chosen],
+        tuple(
+            (concepts_block(ex.snippet), concepts_block(ex.snippet, ex.concepts)) for ex in chosen
+        ),
         concepts_block(snippet),
     )
 
 
-def _instruction_text(
+def _instruction_fewshot(
     chosen: Sequence[FewShotExample], category: str, difficulty: str, concepts: Sequence[str]
-) -> str:
-    return build_prompt(
+) -> FewShot:
+    return FewShot(
         system_texts()["instruction"],
-        [
-            instruction_block(ex.category, ex.difficulty, ex.concepts, ex.instruction)
+        tuple(
+            (
+                instruction_block(ex.category, ex.difficulty, ex.concepts),
+                instruction_block(ex.category, ex.difficulty, ex.concepts, ex.instruction),
+            )
             for ex in chosen
-        ],
+        ),
         instruction_block(category, difficulty, concepts),
     )
 
 
-def _response_text(chosen: Sequence[FewShotExample], instruction: str) -> str:
-    return build_prompt(
+def _response_fewshot(chosen: Sequence[FewShotExample], instruction: str) -> FewShot:
+    return FewShot(
         system_texts()["response"],
-        [response_block(ex.instruction, ex.response, ex.tests) for ex in chosen],
+        tuple(
+            (response_block(ex.instruction), response_block(ex.instruction, ex.response, ex.tests))
+            for ex in chosen
+        ),
         response_block(instruction),
     )
 
 
+def _judge_fewshot(
+    record_id: str, code: str, k: int, pool: Sequence[JudgeExample] | None
+) -> FewShot:
+    rng = item_rng(STAGE_JUDGE, record_id)
+    chosen = choose_examples(pool or judge_pool(), k, rng)
+    return FewShot(
+        system_texts()["judge"],
+        tuple((judge_block(ex.code), judge_block(ex.code, ex.answer)) for ex in chosen),
+        judge_block(code),
+    )
+
+
 def concepts_prompt(
-    record_id: str, snippet: str, k: int = 8, pool: Sequence[FewShotExample] | None = None
+    record_id: str,
+    snippet: str,
+    k: int = 8,
+    pool: Sequence[FewShotExample] | None = None,
+    mode: str = MODE_COMPLETION,
 ) -> ConceptsPrompt:
     """S->C: `### Snippet` + seed, `### Concepts`."""
     rng = item_rng(STAGE_CONCEPTS, record_id)
     chosen = choose_examples(pool or fewshot_pool(), k, rng)
-    return ConceptsPrompt(_concepts_text(chosen, snippet), tuple(ex.id for ex in chosen))
+    fewshot = _concepts_fewshot(chosen, snippet)
+    return ConceptsPrompt(fewshot.render(mode), tuple(ex.id for ex in chosen), fewshot.query)
 
 
 def instruction_prompt(
@@ -270,36 +358,41 @@ def instruction_prompt(
     concepts: Sequence[str],
     k: int = 8,
     pool: Sequence[FewShotExample] | None = None,
+    mode: str = MODE_COMPLETION,
 ) -> InstructionPrompt:
     """C->I: `### Properties` (category, language, difficulty, concepts), `### Task`."""
     rng = item_rng(STAGE_INSTRUCTION, record_id)
     category = choose_category(rng)
     difficulty = choose_difficulty(rng)
     chosen = choose_examples(pool or fewshot_pool(), k, rng)
-    prompt = _instruction_text(chosen, category, difficulty, concepts)
-    return InstructionPrompt(prompt, category, difficulty, tuple(ex.id for ex in chosen))
+    fewshot = _instruction_fewshot(chosen, category, difficulty, concepts)
+    ids = tuple(ex.id for ex in chosen)
+    return InstructionPrompt(fewshot.render(mode), category, difficulty, ids, fewshot.query)
 
 
 def response_prompt(
-    record_id: str, instruction: str, k: int = 1, pool: Sequence[FewShotExample] | None = None
+    record_id: str,
+    instruction: str,
+    k: int = 1,
+    pool: Sequence[FewShotExample] | None = None,
+    mode: str = MODE_COMPLETION,
 ) -> ResponsePrompt:
     """I->R: `<instruction>...</instruction>`, `<response>`."""
     rng = item_rng(STAGE_RESPONSE, record_id)
     chosen = choose_examples(pool or fewshot_pool(), k, rng)
-    return ResponsePrompt(_response_text(chosen, instruction), tuple(ex.id for ex in chosen))
+    fewshot = _response_fewshot(chosen, instruction)
+    return ResponsePrompt(fewshot.render(mode), tuple(ex.id for ex in chosen), fewshot.query)
 
 
 def judge_prompt(
-    record_id: str, code: str, k: int = 7, pool: Sequence[JudgeExample] | None = None
-) -> str:
+    record_id: str,
+    code: str,
+    k: int = 7,
+    pool: Sequence[JudgeExample] | None = None,
+    mode: str = MODE_COMPLETION,
+) -> PromptText:
     """Docstring judge: k shuffled yes/no demonstrations, then the seed."""
-    rng = item_rng(STAGE_JUDGE, record_id)
-    chosen = choose_examples(pool or judge_pool(), k, rng)
-    return build_prompt(
-        system_texts()["judge"],
-        [judge_block(ex.code, ex.answer) for ex in chosen],
-        judge_block(code),
-    )
+    return _judge_fewshot(record_id, code, k, pool).render(mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,28 +413,40 @@ def _examples_by_id(ids: Sequence[str]) -> list[FewShotExample]:
     return [pool[i] for i in ids]
 
 
-def rebuild_prompt(record: Any, stage: str, judge_k: int = 7) -> str:
+def rebuild_prompt(
+    record: Any, stage: str, judge_k: int = 7, mode: str | None = None
+) -> PromptText:
     """The exact prompt `stage` sent for `record` (a Concepts, Instruction, Sample or later
-    record; a Seed for the judge), from the record's fields and the package's prompt data.
+    record; a Seed for the judge), from the record's fields and the package's prompt data: a
+    text in completion mode, chat messages in chat mode.
 
     S->C, C->I and I->R use the few-shot ids the record stores (`concepts_examples`,
-    `instruction_examples`, `response_examples`), so the prompt does not depend on the `*_k`
-    flags of a later run. The judge stores nothing: its prompt is rebuilt from the seed's id
-    and `judge_k` (the `--judge_k` setting of the run).
+    `instruction_examples`, `response_examples`) and the mode it stores
+    (`concepts_prompt_mode`, ...), so the prompt does not depend on the flags of a later run.
+    The judge stores nothing: its prompt is rebuilt from the seed's id, `judge_k` and `mode`
+    (the `--judge_k` and `--prompt_mode` settings of the run).
     """
     stage = _STAGE_ALIASES.get(stage, stage)
+    # "" in records written before the modes existed: those prompts were completions
+    mode = mode or str(getattr(record, f"{stage}_prompt_mode", "") or MODE_COMPLETION)
     if stage == STAGE_CONCEPTS:
-        return _concepts_text(_examples_by_id(record.concepts_examples), record.seed)
-    if stage == STAGE_INSTRUCTION:
+        fewshot = _concepts_fewshot(_examples_by_id(record.concepts_examples), record.seed)
+    elif stage == STAGE_INSTRUCTION:
         chosen = _examples_by_id(record.instruction_examples)
-        return _instruction_text(chosen, record.category, record.difficulty, record.concepts)
-    if stage == STAGE_RESPONSE:
+        fewshot = _instruction_fewshot(chosen, record.category, record.difficulty, record.concepts)
+    elif stage == STAGE_RESPONSE:
         # A Sample's id is `<instruction id>.<index>`; the prompt is the instruction's.
-        chosen = _examples_by_id(record.response_examples)
-        return _response_text(chosen, record.instruction)
-    if stage == STAGE_JUDGE:
-        return judge_prompt(record.id, record.seed, k=judge_k)
-    raise ValueError(f"no prompt for stage {stage!r}")
+        fewshot = _response_fewshot(_examples_by_id(record.response_examples), record.instruction)
+    elif stage == STAGE_JUDGE:
+        fewshot = _judge_fewshot(record.id, record.seed, judge_k, None)
+    else:
+        raise ValueError(f"no prompt for stage {stage!r}")
+    return fewshot.render(mode)
+
+
+def prompt_text(prompt: PromptText) -> str:
+    """A prompt as one string: the text itself, or the chat messages as JSON."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------------------------

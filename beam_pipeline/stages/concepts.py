@@ -23,11 +23,17 @@ class ExtractConceptsFn(ModelCallFn):
     SPEC = ModelStageSpec(STAGE, prompting.parse_concepts, prompting.STAGE_CONCEPTS)
 
     def prompt(self, seed: Seed) -> prompting.ConceptsPrompt:
-        return prompting.concepts_prompt(seed.id, seed.seed, k=self.config.concepts_k)
+        mode = self.config.prompt_mode
+        return prompting.concepts_prompt(seed.id, seed.seed, k=self.config.concepts_k, mode=mode)
 
     def build(self, seed: Seed, request: ModelRequest, choice: Choice, value: object) -> Concepts:
         built: prompting.ConceptsPrompt = request.context
-        return seed.derive(Concepts, concepts=value, concepts_examples=built.example_ids)
+        return seed.derive(
+            Concepts,
+            concepts=value,
+            concepts_examples=built.example_ids,
+            concepts_prompt_mode=self.config.prompt_mode,
+        )
 
 
 class ExtractConcepts(ModelStage):

@@ -101,9 +101,13 @@ class ModelAccess:
 class ModelRequest:
     """What one element asks the model, plus what its result handler needs back."""
 
-    prompt: str
+    prompt: prompting.PromptText  # a completion text, or chat messages
     params: SamplingParams
     context: Any = None
+
+    @property
+    def chat(self) -> bool:
+        return not isinstance(self.prompt, str)
 
 
 @dataclasses.dataclass
@@ -156,8 +160,9 @@ class ModelCallFn(StageFn):
     # -- what a stage states -------------------------------------------------------------
 
     def prompt(self, element: Any, /) -> Any:
-        """The prompt text, or a built prompt: its `.prompt` is sent and `build` gets it back
-        as `request.context` (e.g. the few-shot ids it showed)."""
+        """The prompt (a text, or chat messages for `/v1/chat/completions`), or a built
+        prompt: its `.prompt` is sent and `build` gets it back as `request.context` (e.g. the
+        few-shot ids it showed, and the open `query` a chat reply may repeat first)."""
         raise NotImplementedError(f"{type(self).__name__} must implement prompt()")
 
     def samples(self) -> int:
@@ -183,7 +188,7 @@ class ModelCallFn(StageFn):
 
     def request(self, element: Any) -> ModelRequest:
         built = self.prompt(element)
-        if isinstance(built, str):
+        if isinstance(built, str | list):
             return ModelRequest(built, self.sampling(element))
         return ModelRequest(built.prompt, self.sampling(element), context=built)
 
@@ -200,12 +205,20 @@ class ModelCallFn(StageFn):
                 detail = f"server returned {len(result.choices)} of {n} choices"
                 yield Rejection.of(self.stage, Reason.MISSING_CHOICE, element, detail, output_id)
                 continue
-            parsed = self.SPEC.parse(choice.text, choice.finish_reason)
+            parsed = self.SPEC.parse(self.reply_text(request, choice), choice.finish_reason)
             if parsed.reason is not None:
                 detail = f"{parsed.detail}; completion {completion_excerpt(choice.text)}"
                 yield Rejection.of(self.stage, parsed.reason, element, detail, output_id)
                 continue
             yield self.build(element, request, choice, parsed.value)
+
+    @staticmethod
+    def reply_text(request: ModelRequest, choice: Choice) -> str:
+        """What the parser reads: the completion, or a chat reply without a repeated opener."""
+        query = getattr(request.context, "query", "")
+        if request.chat and query:
+            return prompting.drop_echoed_opener(choice.text, query)
+        return choice.text
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -232,7 +245,7 @@ class ModelCallFn(StageFn):
         for element in batch:
             try:
                 request = self.request(element)
-                future = self._client.submit(request.prompt, request.params)
+                future = self._submit(request)
             except Exception as exc:  # a bad record must not stop the bundle
                 yield from self.route([DeadLetter.of(self.stage, element, exc)], window, timestamp)
                 continue
@@ -243,6 +256,11 @@ class ModelCallFn(StageFn):
         yield from self._collect(limit=0)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _submit(self, request: ModelRequest) -> concurrent.futures.Future:
+        if isinstance(request.prompt, str):
+            return self._client.submit(request.prompt, request.params)
+        return self._client.submit_chat(request.prompt, request.params)
 
     def _collect(self, limit: int) -> Iterator[Any]:
         """Emits every finished request; blocks while more than `limit` are outstanding."""

@@ -25,7 +25,9 @@ class GenerateInstructionFn(ModelCallFn):
     SPEC = ModelStageSpec(STAGE, prompting.parse_instruction, prompting.STAGE_INSTRUCTION)
 
     def prompt(self, item: Concepts) -> prompting.InstructionPrompt:
-        return prompting.instruction_prompt(item.id, item.concepts, k=self.config.instruction_k)
+        return prompting.instruction_prompt(
+            item.id, item.concepts, k=self.config.instruction_k, mode=self.config.prompt_mode
+        )
 
     def build(
         self, item: Concepts, request: ModelRequest, choice: Choice, value: object
@@ -37,6 +39,7 @@ class GenerateInstructionFn(ModelCallFn):
             difficulty=built.difficulty,
             instruction=value,
             instruction_examples=built.example_ids,
+            instruction_prompt_mode=self.config.prompt_mode,
         )
 
 

@@ -32,8 +32,9 @@ def parse_verdict(text: str, finish_reason: str | None) -> prompting.Parsed:
 class JudgeSeedFn(ModelCallFn):
     SPEC = ModelStageSpec(STAGE, parse_verdict)
 
-    def prompt(self, seed: Seed) -> str:
-        return prompting.judge_prompt(seed.id, seed.seed, k=self.config.judge_k)
+    def prompt(self, seed: Seed) -> prompting.PromptText:
+        mode = self.config.prompt_mode
+        return prompting.judge_prompt(seed.id, seed.seed, k=self.config.judge_k, mode=mode)
 
     def sampling(self, seed: Seed) -> SamplingParams:
         return JUDGE_PARAMS

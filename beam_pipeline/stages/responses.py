@@ -36,7 +36,9 @@ class GenerateResponsesFn(ModelCallFn):
         return self.config.num_samples
 
     def prompt(self, item: Instruction) -> prompting.ResponsePrompt:
-        return prompting.response_prompt(item.id, item.instruction, k=self.config.response_k)
+        return prompting.response_prompt(
+            item.id, item.instruction, k=self.config.response_k, mode=self.config.prompt_mode
+        )
 
     def output_id(self, item: Instruction, index: int) -> str:
         return Sample.make_id(item.id, index)
@@ -56,6 +58,7 @@ class GenerateResponsesFn(ModelCallFn):
             tests=tests,
             raw_response=choice.text,
             response_examples=built.example_ids,
+            response_prompt_mode=self.config.prompt_mode,
             model=self._client.config.model,
             sampling=params.to_json(),
         )

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 
+from beam_pipeline.core import prompting
 from beam_pipeline.core import selection as core
 from beam_pipeline.core.cross_check import agreement
 from beam_pipeline.records import Execution, FinalPair, Rejection
@@ -162,7 +163,8 @@ def to_final(
         instruction=sample.instruction,
         response=sample.response,
         tests=sample.tests,
-        prompt=sample.response_prompt,
+        prompt=prompting.prompt_text(sample.response_prompt),
+        prompt_mode=sample.response_prompt_mode or prompting.MODE_COMPLETION,
         category=sample.category,
         difficulty=sample.difficulty,
         model=sample.model,

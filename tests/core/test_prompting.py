@@ -223,3 +223,44 @@ def test_judge_pool_has_both_answers() -> None:
     answers = collections.Counter(ex.answer for ex in p.judge_pool())
     assert answers["yes"] >= 3 and answers["no"] >= 3
     assert set(answers) == {"yes", "no"}
+
+
+def test_chat_turns_hold_the_completion_prompts_content() -> None:
+    from beam_pipeline.core.prompting import MODE_CHAT, concepts_prompt, response_prompt
+
+    for built in (
+        concepts_prompt("s1", "def f():\n    return 1", k=3, mode=MODE_CHAT),
+        response_prompt("i1", "Write a function that adds two numbers.", k=2, mode=MODE_CHAT),
+    ):
+        messages = built.prompt
+        assert isinstance(messages, list)
+        assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * len(
+            built.example_ids
+        ) + ["user"]
+        assert messages[-1]["content"] == built.query.strip()
+    text = response_prompt("i1", "Write a function that adds two numbers.", k=2).prompt
+    chat = response_prompt("i1", "Write a function that adds two numbers.", k=2, mode="chat")
+    assert isinstance(text, str) and isinstance(chat.prompt, list)
+    # Same examples, same order: each turn is a piece of the completion text, in order.
+    position = 0
+    for message in chat.prompt:
+        found = text.find(message["content"], position)
+        assert found >= position, message["role"]
+        position = found + len(message["content"])
+    # An example's answer is what a base model would write after its open section.
+    first_answer = chat.prompt[2]["content"]
+    assert first_answer.endswith("</tests>") and "</response>" in first_answer
+    with pytest.raises(ValueError, match="prompt mode"):
+        response_prompt("i1", "x", mode="instruct")
+
+
+def test_an_echoed_opener_is_dropped_and_nothing_else() -> None:
+    from beam_pipeline.core.prompting import drop_echoed_opener, response_block
+
+    query = response_block("Write f.")
+    assert drop_echoed_opener("<response>\nHere.\n</response>", query) == "Here.\n</response>"
+    assert drop_echoed_opener("  <response> Here.", query) == "Here."
+    assert drop_echoed_opener("Here.\n</response>", query) == "Here.\n</response>"
+    concepts_query = "### Snippet\nx = 1\n\n### Concepts"
+    assert drop_echoed_opener("### Concepts\na, b", concepts_query) == "a, b"
+    assert drop_echoed_opener("loops, ### Concepts", concepts_query) == "loops, ### Concepts"

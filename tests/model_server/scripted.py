@@ -17,6 +17,7 @@ text after the last `## Example`), so few-shot examples never trigger them:
     FAULT:NOCLOSE    a response without </response>
     FAULT:EMPTY      empty text
     FAULT:DEAD       the engine "dies": /health answers 503 and this request hangs
+    FAULT:ECHO       chat only: the reply first repeats the query's last line (an opener)
     BADDOC           the docstring judge answers "no"
 
 Also runnable as a process (`python -m tests.model_server.scripted --port N`), accepting and
@@ -85,6 +86,7 @@ class ScriptedServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.prompts_seen: list[str] = []
+        self.requests_seen: list[tuple[str, dict[str, Any]]] = []  # (path, body) per request
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -165,6 +167,7 @@ class ScriptedServer:
             self.attempts.clear()
             self.attempt_times.clear()
             self.prompts_seen.clear()
+            self.requests_seen.clear()
             self.max_in_flight = 0
 
     def handle_generation(self, handler: Any, body: dict[str, Any]) -> None:
@@ -179,6 +182,7 @@ class ScriptedServer:
             self.attempts[key] = attempt
             self.attempt_times.setdefault(key, []).append(time.monotonic())
             self.prompts_seen.append(prompt)
+            self.requests_seen.append((handler.path, body))
         faults = set(FAULT.findall(item_part(prompt)))
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -211,6 +215,8 @@ class ScriptedServer:
         completion_tokens = 0
         for index in range(count):
             text = "" if "EMPTY" in faults else scripted_text(prompt, seed, index)
+            if chat and "ECHO" in faults:
+                text = prompt.rstrip().rsplit("\n", 1)[-1] + text
             completion_tokens += len(text.split())
             finish = "length" if "LENGTH" in faults else "stop"
             if chat:

@@ -119,6 +119,7 @@ def test_samples_carry_every_field(server: ScriptedServer) -> None:
                 and sample.tests.startswith("```python\nassert ")
                 and "</response>" in sample.raw_response
                 and sample.response_prompt.endswith("\nWrite x.\n</instruction>\n\n<response>")
+                and sample.response_prompt_mode == "completion"
                 and sampling["n"] == N
                 and sampling["seed"] is not None
                 and sampling["stop"] == ["## Example", "</tests>"]
@@ -243,6 +244,57 @@ def test_prompts_rebuilt_from_records_are_the_prompts_sent(
     assert {s.concepts_prompt for s in samples} == rebuilt["concepts"]
 
 
+def test_chat_mode_sends_the_few_shot_content_as_chat_turns(
+    server: ScriptedServer, tmp_path: pathlib.Path
+) -> None:
+    seeds = [make_seed(i, seed=seed_function(i, " chat")) for i in range(3)]
+    seeds.append(make_seed(9, seed=seed_function(9, " FAULT:ECHO")))  # replies repeat the opener
+    server.reset_counts()
+    cfg = config(server, prompt_mode="chat", concepts_k=3, instruction_k=2, response_k=1)
+    out = run_chain(seeds, cfg, tmp_path, FNAPI)
+    assert {path for path, _ in server.requests_seen} == {"/v1/chat/completions"}
+    sent = [body["messages"] for _, body in server.requests_seen]
+    assert not any("prompt" in body for _, body in server.requests_seen)
+    for messages in sent:
+        roles = [m["role"] for m in messages]
+        pairs = (len(roles) - 2) // 2
+        assert roles == ["system", *["user", "assistant"] * pairs, "user"], roles
+        assert not any("## Example" in m["content"] for m in messages)
+    samples = [Sample.from_dict(r) for r in out["responses-main"]]
+    # Every seed, the echoing one included, makes it through all four stages.
+    assert len(samples) == 4 * N and not out.get("responses-rejected")
+    assert {s.response_prompt_mode for s in samples} == {"chat"}
+    assert {s.concepts_prompt_mode for s in samples} == {s.instruction_prompt_mode for s in samples}
+    assert {s.concepts_prompt_mode for s in samples} == {"chat"}
+    # The records rebuild the very messages sent, at every stage.
+    rebuilt = [s.response_prompt for s in samples] + [s.instruction_prompt for s in samples]
+    rebuilt += [s.concepts_prompt for s in samples]
+    rebuilt += [rebuild_prompt(s, "judge", judge_k=7, mode="chat") for s in seeds]
+    assert all(messages in sent for messages in rebuilt)
+    assert len(sent) == 4 * len(seeds)
+    # The echoing seed's judge answer and concepts were read after the repeated opener.
+    echoed = [s for s in samples if "ECHO" in s.seed]
+    assert echoed and all(s.concepts[0].startswith("concept ") for s in echoed)
+    assert all(s.response.startswith("Return a constant.") for s in samples)
+    # The same seed's completion-mode prompt is one text with the same content.
+    completion = rebuild_prompt(samples[0], "responses", mode="completion")
+    assert isinstance(completion, str)
+    assert all(m["content"] in completion for m in samples[0].response_prompt)
+
+
+def test_chat_replies_that_repeat_the_opener_parse_like_the_others(server: ScriptedServer) -> None:
+    items = [make_instruction(1, "Write y."), make_instruction(2, "Write z. FAULT:ECHO")]
+    with TestPipeline(options=PipelineOptions(FNAPI)) as pipeline:
+        out = pipeline | beam.Create(items) | GenerateResponses(config(server, prompt_mode="chat"))
+        parsed = out.main | beam.Map(
+            lambda s: (s.instruction_id, s.raw_response.startswith("<response>"), s.response)
+        )
+        assert_that(
+            parsed | beam.Map(lambda t: (t[0], t[1], t[2].startswith("Return a constant."))),
+            equal_to([(items[0].id, False, True)] * N + [(items[1].id, True, True)] * N),
+        )
+
+
 def test_rerun_with_cache_sends_no_generation_request(
     server: ScriptedServer, tmp_path: pathlib.Path
 ) -> None:
@@ -314,6 +366,8 @@ def test_managed_server_mode_starts_and_stops_a_server_per_worker(tmp_path: path
 
 
 def test_config_validation() -> None:
+    with pytest.raises(GenerationConfigError, match="prompt_mode"):
+        GenerationConfig(prompt_mode="instruct")
     with pytest.raises(GenerationConfigError):
         GenerationConfig(num_samples=0)
     with pytest.raises(GenerationConfigError):

@@ -78,3 +78,59 @@ def test_judge_concepts_instructions_responses_on_vllm(
         assert row["concepts"] and Concepts.from_dict(row).concepts_prompt.endswith("### Concepts")
     for row in out.get("responses-main", []):
         assert row["model"] == vllm_server.model_name and row["tests"]
+
+
+def test_chat_mode_prompts_through_the_models_own_chat_template(
+    vllm_server: VLLMServer,  # noqa: F811
+    tmp_path: pathlib.Path,
+) -> None:
+    """The server renders chat turns with SmolLM2's template: the prompt tokens it counts are
+    exactly the template's, applied by the tokenizer in the prepared folder; and the stages run
+    in chat mode end to end."""
+    from transformers import AutoTokenizer
+
+    from beam_pipeline.core import prompting
+    from model_server.client import ClientConfig, ModelClient, SamplingParams
+    from tests.vllm_fixture import prepared_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepared_model_dir()))
+    assert tokenizer.chat_template
+    built = prompting.response_prompt("i1", "Write a function that doubles a number.", mode="chat")
+    messages = built.prompt
+    assert isinstance(messages, list)
+    templated = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    config = ClientConfig(
+        base_url=vllm_server.base_url, model=vllm_server.model_name, timeout_s=600
+    )
+    with ModelClient(config) as client:
+        (chat,) = client.chat([messages], SamplingParams(max_tokens=8, seed=3))
+        text = prompting.response_prompt("i1", "Write a function that doubles a number.").prompt
+        assert isinstance(text, str)
+        (completion,) = client.complete([text], SamplingParams(max_tokens=8, seed=3))
+    assert chat.ok and completion.ok, (chat.error, completion.error)
+    assert chat.prompt_tokens == len(templated)
+    assert completion.prompt_tokens != chat.prompt_tokens  # the template's own tokens
+
+    seeds = [Seed(id=Seed.make_id(text), seed=text) for text in SEEDS[:2]]
+    cfg = GenerationConfig(
+        model=vllm_server.model_name,
+        model_server_url=vllm_server.base_url,
+        prompt_mode="chat",
+        num_samples=2,
+        max_new_tokens=192,
+        concepts_k=2,
+        instruction_k=2,
+        max_in_flight=16,
+        request_timeout_s=600,
+    )
+    out = run_chain(seeds, cfg, tmp_path / "run", FNAPI, gate=False)
+    for key in ("judge-errors", "concepts-errors", "instructions-errors", "responses-errors"):
+        assert not out.get(key), out[key][:1]
+    assert sorted(
+        r["id"] for r in out.get("concepts-main", []) + out.get("concepts-rejected", [])
+    ) == sorted(s.id for s in seeds)
+    assert out.get("concepts-main"), out.get("concepts-rejected")
+    for row in out["concepts-main"]:
+        assert row["concepts_prompt_mode"] == "chat" and row["concepts"]
+    for row in out.get("responses-main", []):
+        assert row["response_prompt_mode"] == "chat" and row["tests"]
