@@ -10,9 +10,11 @@ costs nothing). `CountAgreement` sums each sample's verdicts.
 Output (main): `(instruction id, (sample id, suites passed, suites))` for every candidate with at
 least one sibling suite; selection joins it to the samples (a candidate without one has no
 agreement). Accounting: `final.cross_check` in = programs planned, out = programs that got a
-verdict, errors = dead letters (`sandbox_error` after the pool's retries: the sample's agreement
-is then over the suites that ran); `final.cross_check/passed` counts passing programs.
-Metrics: final_cross_check_cache_hit, final_cross_check_cache_miss, final_cross_check_cache_error.
+verdict, errors = dead letters (`sandbox_error`, or starved, after the pool's retries: the
+sample's agreement is then over the suites that ran, never counting one that did not run as
+failed); `final.cross_check/passed` counts passing programs.
+Metrics: final_cross_check_<status>, final_cross_check_cache_hit, _cache_miss, _cache_error,
+_duration_ms.
 """
 
 from __future__ import annotations
@@ -20,20 +22,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from beam_pipeline.core import cross_check as core
 from beam_pipeline.core.selection import candidate_problem
 from beam_pipeline.records import CrossCheckProgram, DeadLetter, Execution
 from beam_pipeline.stages.common import (
-    METRICS_NAMESPACE,
     Accounting,
     StageFn,
     StageOutputs,
     apply_stage_fn,
     merge_outputs,
 )
-from beam_pipeline.stages.execute import DEFAULT_SANDBOX, SANDBOX_ERROR, RunProgramsFn
+from beam_pipeline.stages.execute import DEFAULT_SANDBOX, SandboxBatchFn
 from sandbox_image import SandboxConfig
 
 STAGE = "final.cross_check"
@@ -60,39 +60,25 @@ class PlanChecksFn(StageFn):
             )
 
 
-class RunChecksFn(RunProgramsFn):
-    """A batch of programs -> ((instruction id, sample id), (passed, 1)) per program; the
-    execution stage's pool and cache, this stage's counters."""
+class RunChecksFn(SandboxBatchFn):
+    """A batch of programs -> ((instruction id, sample id), (passed, 1)) per program that got
+    a verdict; the execution stage's pool and cache, this stage's counters."""
 
     def __init__(
         self, sandbox: SandboxConfig, workers: int | None = None, cache_dir: str | None = None
     ) -> None:
-        super().__init__(sandbox, workers, cache_dir)
-        StageFn.__init__(self, STAGE)
-        self._hit = Metrics.counter(METRICS_NAMESPACE, f"{METRIC}_cache_hit")
-        self._miss = Metrics.counter(METRICS_NAMESPACE, f"{METRIC}_cache_miss")
-        self._cache_error = Metrics.counter(METRICS_NAMESPACE, f"{METRIC}_cache_error")
+        super().__init__(STAGE, METRIC, sandbox, workers, cache_dir)
 
-    def handle(  # type: ignore[override]
+    def handle(
         self, batch: list[CrossCheckProgram]
     ) -> Iterator[tuple[tuple[str, str], tuple[int, int]] | DeadLetter]:
-        try:
-            results = self._results([program.source for program in batch])
-        except Exception as exc:  # every program of the batch gets its letter
-            for program in batch:
-                yield _dead_letter(program, f"{type(exc).__name__}: {exc}")
-            return
-        for program in batch:
-            result = results[program.source]
-            if result.status == SANDBOX_ERROR:
-                yield _dead_letter(program, result.stderr)
-            else:
-                key = (program.instruction_id, program.sample_id)
-                yield key, (int(result.status == "passed"), 1)
-
-
-def _dead_letter(program: CrossCheckProgram, message: str) -> DeadLetter:
-    return DeadLetter.of(STAGE, program, f"sandbox_error: {message}")
+        for outcome in self.verdicts([(program, program.source) for program in batch]):
+            if isinstance(outcome, DeadLetter):
+                yield outcome
+                continue
+            program, _, result = outcome
+            assert isinstance(program, CrossCheckProgram)
+            yield (program.instruction_id, program.sample_id), (int(result.passed), 1)
 
 
 def _sum_pairs(values: list[tuple[int, int]]) -> tuple[int, int]:

@@ -39,7 +39,7 @@ from apache_beam.utils import shared
 
 from beam_pipeline.config import ExecutionConfig
 from beam_pipeline.core.program import build_program, program_sha
-from beam_pipeline.records import DeadLetter, Execution, Rejection, Sample
+from beam_pipeline.records import DeadLetter, Execution, Record, Rejection, Sample
 from beam_pipeline.stages.common import (
     METRICS_NAMESPACE,
     Accounting,
@@ -144,24 +144,31 @@ class _SharedPool:
         self.pool = SandboxPool(config, workers=workers)
 
 
-class RunProgramsFn(StageFn):
-    """A batch of (Sample, source) -> Execution records (dead letters for sandbox errors)."""
+class SandboxBatchFn(StageFn):
+    """Runs a batch's programs on the worker process's shared sandbox pool, through the
+    execution cache; a subclass turns each verdict into its own output. Counters are named
+    `<metric>_<status>`, `<metric>_cache_hit`, `_cache_miss`, `_cache_error`, `_duration_ms`."""
 
     def __init__(
-        self, sandbox: SandboxConfig, workers: int | None = None, cache_dir: str | None = None
+        self,
+        stage: str,
+        metric: str,
+        sandbox: SandboxConfig,
+        workers: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
-        super().__init__(STAGE)
+        super().__init__(stage)
         self.sandbox = sandbox
         self.workers = workers
         self.cache_dir = cache_dir
         self._shared = SANDBOX_POOLS
         self._holder: _SharedPool | None = None
         self._cache: ExecutionCache | None = None
-        self._status = {s: Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_{s}") for s in STATUSES}
-        self._hit = Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_cache_hit")
-        self._miss = Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_cache_miss")
-        self._cache_error = Metrics.counter(METRICS_NAMESPACE, f"{STAGE}_cache_error")
-        self._duration = Metrics.distribution(METRICS_NAMESPACE, f"{STAGE}_duration_ms")
+        self._status = {s: Metrics.counter(METRICS_NAMESPACE, f"{metric}_{s}") for s in STATUSES}
+        self._hit = Metrics.counter(METRICS_NAMESPACE, f"{metric}_cache_hit")
+        self._miss = Metrics.counter(METRICS_NAMESPACE, f"{metric}_cache_miss")
+        self._cache_error = Metrics.counter(METRICS_NAMESPACE, f"{metric}_cache_error")
+        self._duration = Metrics.distribution(METRICS_NAMESPACE, f"{metric}_duration_ms")
 
     def setup(self) -> None:
         tag = f"{self.sandbox!r}/{self.workers}"
@@ -169,7 +176,8 @@ class RunProgramsFn(StageFn):
         self._holder = holder
         pool = holder.pool
         log.info(
-            "execution: %s, %d supervisors, %d machine slots",
+            "%s: %s, %d supervisors, %d machine slots",
+            self.stage,
             pool.plan.describe(),
             pool.workers,
             pool.slots.count,
@@ -210,21 +218,56 @@ class RunProgramsFn(StageFn):
         self._store({keys[s]: r for s, r in fresh.items() if r.is_verdict})
         return results
 
-    def handle(self, batch: list[tuple[Sample, str]]) -> Iterator[Execution | DeadLetter]:
-        sources = [source for _, source in batch]
+    def verdicts(
+        self, batch: Sequence[tuple[Record, str]]
+    ) -> Iterator[tuple[Record, str, ExecutionResult] | DeadLetter]:
+        """(record, source, result) for each program that got a verdict; a dead letter for
+        the record of each that did not (sandbox error, starved after the pool's retries), or
+        for every record when the whole batch failed."""
         try:
-            results = self._results(sources)
-        except Exception as exc:  # every sample of the batch gets its letter
-            for sample, _ in batch:
-                yield self._dead_letter(sample, f"{type(exc).__name__}: {exc}")
+            results = self._results([source for _, source in batch])
+        except Exception as exc:  # every record of the batch gets its letter
+            for record, _ in batch:
+                yield self._dead_letter(record, f"{type(exc).__name__}: {exc}")
             return
-        for sample, source in batch:
+        for record, source in batch:
             result = results[source]
             self._status[result.status].inc()
             if not result.is_verdict:
-                yield self._dead_letter(sample, result)
+                yield self._dead_letter(record, result)
                 continue
             self._duration.update(int(result.duration_s * 1000))
+            yield record, source, result
+
+    def _dead_letter(self, record: Record, outcome: ExecutionResult | str) -> DeadLetter:
+        if isinstance(outcome, str):
+            error = f"sandbox_error: {outcome}"
+        elif outcome.status == SANDBOX_ERROR:
+            error = f"sandbox_error: {outcome.stderr}"
+        else:
+            error = (
+                f"{outcome.status}: {outcome.cpu_s:.2f} s on a CPU, "
+                f"{outcome.run_wait_s or 0:.2f} s waiting for one, {outcome.duration_s:.2f} s "
+                "wall clock"
+            )
+        return DeadLetter.of(self.stage, record, error)
+
+
+class RunProgramsFn(SandboxBatchFn):
+    """A batch of (Sample, source) -> Execution records (dead letters for sandbox errors)."""
+
+    def __init__(
+        self, sandbox: SandboxConfig, workers: int | None = None, cache_dir: str | None = None
+    ) -> None:
+        super().__init__(STAGE, STAGE, sandbox, workers, cache_dir)
+
+    def handle(self, batch: list[tuple[Sample, str]]) -> Iterator[Execution | DeadLetter]:
+        for outcome in self.verdicts(batch):
+            if isinstance(outcome, DeadLetter):
+                yield outcome
+                continue
+            sample, source, result = outcome
+            assert isinstance(sample, Sample)
             yield sample.derive(
                 Execution,
                 program_sha=program_sha(source),
@@ -236,20 +279,6 @@ class RunProgramsFn(StageFn):
                 stderr=result.stderr,
                 backend=result.backend,
             )
-
-    @staticmethod
-    def _dead_letter(sample: Sample, outcome: ExecutionResult | str) -> DeadLetter:
-        if isinstance(outcome, str):
-            error = f"sandbox_error: {outcome}"
-        elif outcome.status == SANDBOX_ERROR:
-            error = f"sandbox_error: {outcome.stderr}"
-        else:
-            error = (
-                f"{outcome.status}: {outcome.cpu_s:.2f} s on a CPU, "
-                f"{outcome.run_wait_s or 0:.2f} s waiting for one, {outcome.duration_s:.2f} s "
-                "wall clock"
-            )
-        return DeadLetter.of(STAGE, sample, error)
 
 
 class ExecuteSamples(beam.PTransform):
