@@ -32,7 +32,6 @@ import json
 import math
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,6 @@ def model_server(model: str, log_path: Path) -> Iterator[str]:
 def pipeline_args(args: argparse.Namespace, mode: str, out: Path, url: str) -> list[str]:
     return [
         f"--output_dir={out}",
-        f"--instructions={args.work / 'instructions.jsonl'}",
         f"--model_server_url={url}",
         f"--model={args.model}",
         f"--prompt_mode={mode}",
@@ -108,19 +106,27 @@ def pipeline_args(args: argparse.Namespace, mode: str, out: Path, url: str) -> l
 
 
 def run_mode(args: argparse.Namespace, mode: str, url: str) -> dict[str, Any]:
-    """Both selections of one mode; the first run's throughput figures."""
+    """Both selections of one mode; the first one's throughput figures."""
     base = args.work / mode
     shuffle, agreement = base / "shuffle", base / "agreement"
-    start = time.monotonic()
-    report = run(pipeline_args(args, mode, shuffle, url))
-    wall_s = time.monotonic() - start
-    usage = report_usage(report)
+    instructions = f"--instructions={args.work / 'instructions.jsonl'}"
+    report = run([*pipeline_args(args, mode, shuffle, url), instructions])
     # (c): the same executions, selected again by agreement (no model call, no execution).
     shutil.rmtree(agreement, ignore_errors=True)
-    (agreement / "execution").parent.mkdir(parents=True, exist_ok=True)
+    agreement.mkdir(parents=True)
     shutil.copytree(shuffle / "execution", agreement / "execution")
     run([*pipeline_args(args, mode, agreement, url), "--from_stage=final", "--select_by=agreement"])
-    return {"wall_s": wall_s, **usage}
+    return run_figures(report)
+
+
+def run_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """A run's wall time, final pairs and the I->R stage's calls and tokens (report.json)."""
+    summary = report["summary"]
+    return {
+        "wall_s": summary["wall_s"],
+        "final_pairs": summary["final_pairs"],
+        **report_usage(report),
+    }
 
 
 def report_usage(report: dict[str, Any]) -> dict[str, Any]:

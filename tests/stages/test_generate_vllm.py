@@ -98,7 +98,9 @@ def test_chat_mode_prompts_through_the_models_own_chat_template(
     built = prompting.response_prompt("i1", "Write a function that doubles a number.", mode="chat")
     messages = built.prompt
     assert isinstance(messages, list)
-    templated = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    templated = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert rendered.count("<|im_start|>") == len(messages) + 1  # SmolLM2's own turn markers
     config = ClientConfig(
         base_url=vllm_server.base_url, model=vllm_server.model_name, timeout_s=600
     )
