@@ -73,6 +73,16 @@ def benchmark_items(config: RunConfig) -> list[Any]:
         raise SystemExit(f"error: decontamination: {exc}") from exc
 
 
+def run_inputs(config: RunConfig) -> list[str]:
+    """What the run read: the user's instructions, the source shards, or the output of the
+    stage before the one it started from."""
+    if config.instructions:
+        return list(config.instructions)
+    if config.from_stage == STAGES[0]:
+        return list(config.inputs)
+    return [f"{config.output_dir}/{STAGES[STAGES.index(config.from_stage) - 1]}"]
+
+
 def build(pipeline: beam.Pipeline, config: RunConfig, acct: Accounting) -> None:
     out, shards, gen = config.output_dir, config.num_shards, config.generation
     items = benchmark_items(config)
@@ -193,7 +203,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         {
             "from_stage": config.from_stage,
             "to_stage": config.to_stage,
-            "inputs": list(config.inputs),
+            "inputs": run_inputs(config),
             "wall_s": round(time.time() - started, 2),
         },
         collect_metrics(result),

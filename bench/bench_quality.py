@@ -15,7 +15,9 @@ response per instruction is then scored on all of the problem's asserts (`test_l
 (b) reference: the final dataset of the reference selection (`--select_by shuffle`);
 (c) agreement: the final dataset with `--select_by agreement`;
 (d) failing: a response that failed its own tests (for reference), where one exists;
-and, as a ceiling, the share of instructions with at least one response that passes.
+and, beside them, (a) restricted to the instructions (b) kept (the execution filter's effect
+without the effect of keeping only instructions where some sample passed), and as a ceiling
+the share of instructions with at least one parsed response that passes.
 
 Precision = passing / chosen, with a 95% Wilson interval. Throughput of each mode: accepted
 pairs per million generated tokens and per hour of the first (uncached) run; `WORK/runs.json`
@@ -199,6 +201,11 @@ def score_mode(base: Path, problems: dict[int, dict[str, Any]], pool: Any) -> di
         "c_agreement": read_dir(base / "agreement" / "final"),
         "d_failing": [pick(rows, "failing") for rows in failing.values()],
     }
+    # (a) on (b)'s instructions only: the filter's effect without the easier-instruction effect
+    selected = {r["instruction_id"] for r in chosen["b_reference"]}
+    chosen["a_random_same_instructions"] = [
+        pick(by_instruction[iid], "random") for iid in sorted(selected) if iid in by_instruction
+    ]
     # Every parsed response is scored once; the ways of choosing look the verdicts up.
     verdict: dict[tuple[str, str], bool] = {}
     todo = [(s["instruction_id"], s["response"]) for s in samples]
@@ -280,7 +287,8 @@ def main() -> None:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    rows = ("a_random", "b_reference", "c_agreement", "d_failing", "any_correct")
+    rows = ("a_random", "a_random_same_instructions", "b_reference", "c_agreement", "d_failing",
+            "any_correct")  # fmt: skip
     modes = list(results)
     print("| choice | " + " | ".join(modes) + " |")
     print("|---|" + "---|" * len(modes))

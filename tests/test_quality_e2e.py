@@ -91,6 +91,7 @@ def test_final_records_carry_stats_agreement_and_preference_pairs(tmp_path: path
         ]
     )
     assert report["invariant_ok"], report["problems"]
+    assert report["runs"][-1]["inputs"] == [f"{out}/execution"]
     stages = report["stages"]
     final = {r["instruction_id"]: r for r in read_jsonl_dir(out / "final")}
     assert sorted(final) == ["alpha", "beta", "delta", "gamma"]

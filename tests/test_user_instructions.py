@@ -81,6 +81,7 @@ def test_jsonl_and_parquet_instructions_reach_the_final_dataset(tmp_path: pathli
     with ScriptedServer() as server:
         report = run(_argv(out, server.base_url, jsonl, parquet))
     assert report["invariant_ok"], report["problems"]
+    assert report["runs"][-1]["inputs"] == [str(jsonl), str(parquet)]  # not the bundled shard
     given = report["stages"]["instructions"]
     assert given["in"] == 8 and given["out"] == 3
     assert given["rejected_by_reason"] == {

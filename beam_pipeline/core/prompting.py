@@ -218,11 +218,20 @@ Messages = list[dict[str, str]]
 PromptText = str | Messages  # completion text, or chat messages
 
 
-def answer_part(query: str, full: str) -> str:
-    """What an example adds after its query: the assistant turn of a chat few-shot prompt."""
+def opener(query: str) -> str:
+    """A query's last line: the heading or tag that opens the section the model writes
+    (`### Concepts`, `### Task`, `<response>`, `### Good docstring:`)."""
+    return query.rstrip().rsplit("\n", 1)[-1].strip()
+
+
+def chat_turns(query: str, full: str) -> tuple[str, str]:
+    """An example as (user turn, assistant turn): the query without its opener, and the opener
+    with the answer, so the assistant's turn starts the section it fills."""
     if not full.startswith(query):
         raise ValueError(f"example does not start with its query: {query[:60]!r}")
-    return full[len(query) :].strip()
+    head = query.rstrip()
+    head = head[: len(head) - len(opener(query))].rstrip()
+    return head, (opener(query) + full[len(query) :]).strip()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,13 +249,16 @@ class FewShot:
 
     def chat(self) -> Messages:
         """The system text, one user/assistant pair per example, then the query as the last
-        user turn: the model's chat template renders them, and its reply is what a base model
-        would write after the open section (the same parsers read it)."""
+        user turn. An example's user turn is its query up to the opener of the section to
+        write; its assistant turn is that opener and what a base model wrote after it. The
+        model's chat template renders the turns; its reply is read by the same parsers, after
+        the opener it repeats (`drop_echoed_opener`)."""
         messages = [{"role": "system", "content": self.system.strip()}]
         for query, full in self.examples:
-            messages.append({"role": "user", "content": query.strip()})
-            messages.append({"role": "assistant", "content": answer_part(query, full)})
-        messages.append({"role": "user", "content": self.query.strip()})
+            user, assistant = chat_turns(query, full)
+            messages.append({"role": "user", "content": user})
+            messages.append({"role": "assistant", "content": assistant})
+        messages.append({"role": "user", "content": chat_turns(self.query, self.query)[0]})
         return messages
 
     def render(self, mode: str) -> PromptText:
@@ -258,12 +270,12 @@ class FewShot:
 
 
 def drop_echoed_opener(text: str, query: str) -> str:
-    """A chat reply without the query's last line (`### Concepts`, `<response>`, ...) when the
-    model repeats it first, which instruct models often do; anything else is left as is."""
-    opener = query.rstrip().rsplit("\n", 1)[-1].strip()
+    """A chat reply without the query's opener (`### Concepts`, `<response>`, ...) when it
+    starts with it, as the examples' assistant turns do; anything else is left as is."""
+    head = opener(query)
     stripped = text.lstrip()
-    if opener and stripped.startswith(opener):
-        return stripped[len(opener) :].lstrip(" ").removeprefix("\n")
+    if head and stripped.startswith(head):
+        return stripped[len(head) :].lstrip(" ").removeprefix("\n")
     return text
 
 

@@ -237,7 +237,9 @@ def test_chat_turns_hold_the_completion_prompts_content() -> None:
         assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * len(
             built.example_ids
         ) + ["user"]
-        assert messages[-1]["content"] == built.query.strip()
+        # The last user turn stops before the opener the model's turn starts with.
+        assert built.query.startswith(messages[-1]["content"])
+        assert messages[2]["content"].startswith(built.query.rstrip().rsplit("\n", 1)[-1])
     text = response_prompt("i1", "Write a function that adds two numbers.", k=2).prompt
     chat = response_prompt("i1", "Write a function that adds two numbers.", k=2, mode="chat")
     assert isinstance(text, str) and isinstance(chat.prompt, list)
@@ -247,9 +249,10 @@ def test_chat_turns_hold_the_completion_prompts_content() -> None:
         found = text.find(message["content"], position)
         assert found >= position, message["role"]
         position = found + len(message["content"])
-    # An example's answer is what a base model would write after its open section.
+    # An example's assistant turn opens its section and holds what a base model wrote in it.
     first_answer = chat.prompt[2]["content"]
-    assert first_answer.endswith("</tests>") and "</response>" in first_answer
+    assert first_answer.startswith("<response>\n") and first_answer.endswith("</tests>")
+    assert chat.prompt[1]["content"].endswith("</instruction>")
     with pytest.raises(ValueError, match="prompt mode"):
         response_prompt("i1", "x", mode="instruct")
 

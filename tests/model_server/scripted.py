@@ -40,6 +40,23 @@ from typing import Any
 FAULT = re.compile(r"FAULT:([A-Z0-9x]+)")
 
 
+# Chat mode (`--prompt_mode chat`): the last user turn stops before the section to write; its
+# first line says which stage it is, and so which opener a completion prompt would end with.
+CHAT_OPENERS = {
+    "<instruction>": "<response>",
+    "### Snippet": "### Concepts",
+    "### Properties": "### Task",
+    "### Function": "### Good docstring:",
+}
+
+
+def chat_prompt(messages: list[dict[str, Any]]) -> str:
+    """The last user turn with its stage's opener after it, as a completion prompt ends."""
+    last = str(messages[-1]["content"])
+    heading = last.split("\n", 1)[0].strip()
+    return f"{last}\n\n{CHAT_OPENERS.get(heading, '')}".rstrip()
+
+
 def item_part(prompt: str) -> str:
     return prompt.rsplit("## Example", 1)[-1]
 
@@ -172,7 +189,7 @@ class ScriptedServer:
 
     def handle_generation(self, handler: Any, body: dict[str, Any]) -> None:
         chat = "messages" in body
-        prompt = body["messages"][-1]["content"] if chat else body.get("prompt", "")
+        prompt = chat_prompt(body["messages"]) if chat else body.get("prompt", "")
         seed = body.get("seed")
         n = int(body.get("n", 1))
         key = hashlib.sha256(f"{prompt}\x00{seed}\x00{n}".encode()).hexdigest()
