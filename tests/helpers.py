@@ -5,8 +5,13 @@ Each factory builds a valid record with plain defaults; keyword arguments overri
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from beam_pipeline.records import Execution, Instruction, Sample, Seed
@@ -79,3 +84,20 @@ def make_execution(
     """`make_sample`'s record after execution ended with `status`."""
     values = {**_sample_fields(instruction_id, sample_index), "program_sha": "planted"}
     return Execution(**{**values, "status": status, **fields})
+
+
+@contextlib.contextmanager
+def busy_cpu(loops: int = 3) -> Iterator[str]:
+    """`loops` busy loops on one CPU, each in its own session (a scheduler group of its own),
+    until the block ends; yields the code that pins a program to that CPU, so a program that
+    runs it starves."""
+    cpu = min(os.sched_getaffinity(0))
+    pin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n"
+    loop = [sys.executable, "-c", pin + "while True:\n    pass\n"]
+    processes = [subprocess.Popen(loop, start_new_session=True) for _ in range(loops)]
+    try:
+        yield pin
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()

@@ -407,6 +407,20 @@ def judge_prompt(
     return _judge_fewshot(record_id, code, k, pool).render(mode)
 
 
+@dataclasses.dataclass(frozen=True)
+class JudgePrompt:
+    prompt: PromptText
+    query: str  # the open section (chat replies are read after its opener)
+
+
+def judge_request(
+    record_id: str, code: str, k: int = 7, mode: str = MODE_COMPLETION
+) -> JudgePrompt:
+    """`judge_prompt` with the query a chat reply starts by repeating."""
+    fewshot = _judge_fewshot(record_id, code, k, None)
+    return JudgePrompt(fewshot.render(mode), fewshot.query)
+
+
 # --------------------------------------------------------------------------------------------
 # Rebuilding a record's prompt
 

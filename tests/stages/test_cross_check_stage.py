@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import apache_beam as beam
 import pytest
@@ -18,7 +15,7 @@ from beam_pipeline.stages.cross_check import CrossCheck
 from beam_pipeline.stages.execute import ExecuteSamples
 from beam_pipeline.stages.select import SelectSamples
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
-from tests.helpers import make_sample
+from tests.helpers import busy_cpu, make_sample
 
 pytestmark = pytest.mark.timeout(300)  # sandboxed execution
 
@@ -172,19 +169,14 @@ def test_sandbox_errors_are_dead_letters_and_leave_no_agreement() -> None:
 def test_a_starved_check_is_a_dead_letter_not_a_failed_suite() -> None:
     """A sibling suite that never got a CPU says nothing about the response: it must not count
     as a suite the response failed."""
-    cpu = min(os.sched_getaffinity(0))
-    pin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n"
-    looping_suite = _tests(pin + "while True:\n    pass\nassert add(1, 2) == 3")
-    samples = [
-        _executed(
-            _sample("st", 0, _code("return a + b"), _tests("assert add(1, 2) == 3")), "passed"
-        ),
-        _executed(_sample("st", 1, _code("return b + a"), looping_suite), "passed"),
-    ]
-    hog = [sys.executable, "-c", pin + "while True:\n    pass\n"]
-    hogs = [subprocess.Popen(hog, start_new_session=True) for _ in range(3)]
     config = SANDBOX.replace(timeout_s=0.5, max_wall_factor=2.0, max_attempts=1)
-    try:
+    with busy_cpu() as pin:
+        looping_suite = _tests(pin + "while True:\n    pass\nassert add(1, 2) == 3")
+        own_tests = _tests("assert add(1, 2) == 3")
+        samples = [
+            _executed(_sample("st", 0, _code("return a + b"), own_tests), "passed"),
+            _executed(_sample("st", 1, _code("return b + a"), looping_suite), "passed"),
+        ]
         with TestPipeline(runner="FnApiRunner") as p:
             cross = p | beam.Create(samples) | CrossCheck(config, workers=1)
             assert_that(cross.main, equal_to([("st", ("st.1", 1, 1))]), label="OnlyVerdicts")
@@ -193,7 +185,3 @@ def test_a_starved_check_is_a_dead_letter_not_a_failed_suite() -> None:
                 equal_to([("st.0@st.1", "starved")]),
                 label="StarvedLetter",
             )
-    finally:
-        for process in hogs:
-            process.kill()
-            process.wait()

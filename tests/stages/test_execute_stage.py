@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -15,7 +11,7 @@ from beam_pipeline.core.program import build_program
 from beam_pipeline.records import Sample
 from beam_pipeline.stages.execute import ExecuteSamples
 from sandbox_image import SandboxConfig, SandboxUnavailable, make_plan
-from tests.helpers import make_sample
+from tests.helpers import busy_cpu, make_sample
 
 pytestmark = pytest.mark.timeout(300)  # sandboxed execution
 
@@ -126,15 +122,10 @@ def test_cache_answers_a_rerun_without_running(tmp_path) -> None:
 
 def test_starved_programs_become_dead_letters_and_are_not_cached(tmp_path) -> None:
     """A program the machine keeps off the CPU is an infrastructure outcome, not a timeout."""
-    cpu = min(os.sched_getaffinity(0))
-    pin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n"
-    starved = _sample("starved", f"```python\n{pin}while True:\n    pass\n```", "")
-    # Three loops on the same core, each in its own session (a scheduler group of its own).
-    hog = [sys.executable, "-c", pin + "while True:\n    pass\n"]
-    hogs = [subprocess.Popen(hog, start_new_session=True) for _ in range(3)]
     config = SANDBOX.replace(timeout_s=0.5, max_wall_factor=2.0, max_attempts=1)
     cache = tmp_path / "cache"
-    try:
+    with busy_cpu() as pin:
+        starved = _sample("starved", f"```python\n{pin}while True:\n    pass\n```", "")
         with TestPipeline(runner="FnApiRunner") as p:
             execute = ExecuteSamples(config, workers=1, cache_dir=str(cache))
             out = p | beam.Create([starved]) | execute
@@ -144,10 +135,6 @@ def test_starved_programs_become_dead_letters_and_are_not_cached(tmp_path) -> No
                 equal_to([("starved.0", "starved")]),
                 label="DeadLetter",
             )
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     assert not list(cache.rglob("*.json"))
 
 

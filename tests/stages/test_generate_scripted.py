@@ -272,6 +272,13 @@ def test_chat_mode_sends_the_few_shot_content_as_chat_turns(
     rebuilt += [rebuild_prompt(s, "judge", judge_k=7, mode="chat") for s in seeds]
     assert all(messages in sent for messages in rebuilt)
     assert len(sent) == 4 * len(seeds)
+    # The judge's chat reply starts with its opener: it gets room for it beyond the answer.
+    judge_tokens = {
+        body["max_tokens"]
+        for _, body in server.requests_seen
+        if body["messages"][-1]["content"].startswith("### Function")
+    }
+    assert judge_tokens == {16}
     # The echoing seed's judge answer and concepts were read after the repeated opener.
     echoed = [s for s in samples if "ECHO" in s.seed]
     assert echoed and all(s.concepts[0].startswith("concept ") for s in echoed)
