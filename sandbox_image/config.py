@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-PASSED = "passed"
-FAILED = "failed"
-TIMEOUT = "timeout"
-MEMORY = "memory"
-CRASHED = "crashed"
-STARVED = "starved"
-SANDBOX_ERROR = "sandbox_error"
+from sandbox_image.protocol import (  # the strings the supervisor reports
+    CRASHED,
+    FAILED,
+    MEMORY,
+    PASSED,
+    SANDBOX_ERROR,
+    STARVED,
+    TIMEOUT,
+)
+
 STATUSES = (PASSED, FAILED, TIMEOUT, MEMORY, CRASHED, STARVED, SANDBOX_ERROR)
 # Outcomes that say nothing about the program: retried, never cached, never a verdict.
 INFRASTRUCTURE = (STARVED, SANDBOX_ERROR)

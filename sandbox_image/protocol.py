@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 M = TypeVar("M", bound="Message")
 
-# Statuses a supervisor reports (the same strings as `sandbox_image.config`, which the
-# supervisor cannot import).
+# Statuses a supervisor reports; `sandbox_image.config` takes them from here (the supervisor
+# loads only this file, never the package).
 PASSED = "passed"
 FAILED = "failed"
 TIMEOUT = "timeout"

@@ -48,12 +48,16 @@ def machine_cores() -> int:
 
 
 def _cgroup_cpu_quota() -> float | None:
-    """CPUs allowed by the cgroup (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), None when unlimited."""
+    """CPUs allowed by the cgroup (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`), None when
+    unlimited or unknown."""
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
-        pass
+        return _cgroup_v1_cpu_quota()
+
+
+def _cgroup_v1_cpu_quota() -> float | None:
     try:
         root = Path("/sys/fs/cgroup/cpu")
         quota_us = int((root / "cpu.cfs_quota_us").read_text())
@@ -138,9 +142,10 @@ class MachineSlots:
         return None
 
     def _drain_wake(self) -> None:
+        read = b"wake"
         with contextlib.suppress(BlockingIOError):
-            while os.read(self._wake_fd, 4096):
-                pass
+            while read:  # until the FIFO is empty (BlockingIOError) or closed (b"")
+                read = os.read(self._wake_fd, 4096)
 
     def try_acquire(self) -> int | None:
         """A free slot's index without waiting, or None when every slot is taken."""

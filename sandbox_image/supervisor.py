@@ -535,8 +535,9 @@ def _reap_available() -> bool:
             return False
 
 
-def _children_of(parent: int) -> list[int]:
-    found = []
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live process (one pass over /proc)."""
+    parents: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -544,11 +545,15 @@ def _children_of(parent: int) -> list[int]:
             with open(f"/proc/{name}/stat", "rb") as handle:
                 data = handle.read()
         except OSError:
-            continue
+            continue  # exited in between
         fields = data[data.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == parent:
-            found.append(int(name))
-    return found
+        if len(fields) > 1:
+            parents[int(name)] = int(fields[1])
+    return parents
+
+
+def _children_of(parent: int) -> list[int]:
+    return [pid for pid, ppid in _parents().items() if ppid == parent]
 
 
 def _kill_leftovers(state: State, main_pid: int) -> bool:
@@ -614,17 +619,8 @@ def _children_cpu_s() -> float:
 def _descendants(root: int) -> list[int]:
     """Live processes below `root` (one pass over /proc)."""
     children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(name))
+    for pid, ppid in _parents().items():
+        children.setdefault(ppid, []).append(pid)
     found, todo = [], list(children.get(root, ()))
     while todo:
         pid = todo.pop()

@@ -155,7 +155,7 @@ class PageNumbers(HTMLParser):
             self._stack.append((tag, {k: v or "" for k, v in attrs}))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        pass  # <rect/>, <line/>: no text
+        """<rect/>, <line/>: no text, so nothing to record (and nothing to pop later)."""
 
     def handle_endtag(self, tag: str) -> None:
         while self._stack:

@@ -21,6 +21,7 @@ which the stage's accounting counts.
 
 from __future__ import annotations
 
+import abc
 import collections
 import concurrent.futures
 import dataclasses
@@ -133,7 +134,7 @@ class ModelStageSpec:
     stop: tuple[str, ...] = (prompting.EXAMPLE_STOP,)
 
 
-class ModelCallFn(StageFn):
+class ModelCallFn(StageFn, metaclass=abc.ABCMeta):
     """A model stage's DoFn: batches in, one request per element, outputs routed as each
     answer arrives. A stage states only what is its own:
     - `SPEC`: its name, parser and sampling; `samples()` for n, or a whole `sampling(element)`;
@@ -159,11 +160,11 @@ class ModelCallFn(StageFn):
 
     # -- what a stage states -------------------------------------------------------------
 
+    @abc.abstractmethod
     def prompt(self, element: Any, /) -> Any:
         """The prompt (a text, or chat messages for `/v1/chat/completions`), or a built
         prompt: its `.prompt` is sent and `build` gets it back as `request.context` (e.g. the
-        few-shot ids it showed, and the open `query` a chat reply may repeat first)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement prompt()")
+        few-shot ids it showed, and the open `query` whose opener a chat reply starts with)."""
 
     def samples(self) -> int:
         return 1
@@ -178,8 +179,9 @@ class ModelCallFn(StageFn):
             seed=prompting.sampler_seed(self.SPEC.seed_stage, element.id),
         )
 
+    @abc.abstractmethod
     def build(self, element: Any, /, request: ModelRequest, choice: Choice, value: Any) -> Record:
-        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+        """The output record of one parsed choice."""
 
     def output_id(self, element: Any, /, index: int) -> str:
         return element.id

@@ -10,6 +10,7 @@ import random
 import string
 import subprocess
 import sys
+from typing import Any
 
 import datasketch
 import numpy as np
@@ -116,16 +117,23 @@ def _datasketch(text: str, num_perm: int, seed: int, scheme: str, batch: bool = 
 
 
 NUMBA_KERNELS = minhash.kernels
-needs_numba = pytest.mark.skipif(NUMBA_KERNELS is None, reason="numba is not importable here")
+
+
+@pytest.fixture
+def numba_kernels() -> Any:
+    # numba is a core dependency: its absence is a broken install, not a reason to skip
+    assert NUMBA_KERNELS is not None, "numba did not import; the compiled path is untested"
+    return NUMBA_KERNELS
+
+
+needs_numba = pytest.mark.usefixtures("numba_kernels")
 
 
 @pytest.fixture(params=["numba", "numpy"])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test on the compiled path and on the numpy fallback."""
     if request.param == "numba":
-        # numba is a core dependency: its absence is a broken install, not a reason to skip
-        assert NUMBA_KERNELS is not None, "numba did not import; the compiled path is untested"
-        monkeypatch.setattr(minhash, "kernels", NUMBA_KERNELS)
+        monkeypatch.setattr(minhash, "kernels", request.getfixturevalue("numba_kernels"))
     else:
         monkeypatch.setattr(minhash, "kernels", None)
     return request.param
